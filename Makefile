@@ -1,0 +1,66 @@
+# Two entry points for a fresh machine: `make book` and `make test`.
+# Both create and fill the project's own virtual environment first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.normlib-installed
+JB := $(BIN)/jupyter-book
+BUILD := _build
+# Chapters are re-executed whenever the library changes: Jupyter Book's
+# execution cache hashes only notebook cells, so the build directory is keyed
+# on the library's sources and the environment's pins as well.
+LIB_HASH = $(shell cat pyproject.toml $$(find normlib -name '*.py' | LC_ALL=C sort) | sha256sum | cut -c1-16)
+export NORMLIB_CACHE_DIR ?= $(CURDIR)/.normlib-cache
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: book test unit build-strict site-check notebooks clean venv lint cache-key
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# torch first, pinned: the pinned CPU build is what every machine of the project runs.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[book,test]"
+	@touch $(STAMP)
+
+# Drop the build (and its execution cache) when the library changed.
+cache-key: $(STAMP)
+	@mkdir -p $(BUILD)
+	@if [ "$$(cat $(BUILD)/.normlib-hash 2>/dev/null)" != "$(LIB_HASH)" ]; then \
+	  echo "normlib changed: chapters will be re-executed"; \
+	  rm -rf $(BUILD)/.jupyter_cache $(BUILD)/.doctrees $(BUILD)/html $(BUILD)/jupyter_execute; \
+	  mkdir -p $(BUILD); echo "$(LIB_HASH)" > $(BUILD)/.normlib-hash; fi
+
+book: cache-key
+	$(JB) build .
+	@echo
+	@echo "The book is at file://$(CURDIR)/$(BUILD)/html/index.html"
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Warnings are errors, missing references are errors, a failing cell fails it.
+build-strict: cache-key
+	$(JB) build --all -W -n --keep-going .
+
+site-check: $(STAMP)
+	$(BIN)/python tests/check_site.py $(BUILD)/html
+
+test: unit build-strict site-check
+
+lint: $(STAMP)
+	$(BIN)/ruff check normlib tests benchmarks
+
+notebooks: $(STAMP)
+	@mkdir -p notebooks
+	for f in chapters/*.md; do \
+	  $(BIN)/jupytext --to ipynb --output notebooks/$$(basename $${f%.md}).ipynb $$f; done
+	@echo "Notebooks are in $(CURDIR)/notebooks (open them with a Jupyter that sees $(VENV))."
+
+clean:
+	rm -rf $(BUILD) notebooks .pytest_cache .hypothesis $(NORMLIB_CACHE_DIR)
