@@ -22,10 +22,20 @@ from typing import Union
 
 from torch import nn
 
-__all__ = ["register_norm", "create_norm", "available_norms", "NormSpec", "norm_factory"]
+__all__ = [
+    "register_norm",
+    "register_weight_norm",
+    "create_norm",
+    "available_norms",
+    "NormSpec",
+    "norm_factory",
+    "weight_transform",
+]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: dict[str, str] = {}
+# Normalizers that act on weights: name -> f(module) -> module (parametrizes module.weight).
+_WEIGHT: dict[str, Callable[[nn.Module], nn.Module]] = {}
 
 NormSpec = Union[str, Callable[[int], nn.Module], None]
 
@@ -108,6 +118,33 @@ def norm_factory(norm: NormSpec, **kwargs) -> Callable[[int], nn.Module]:
             return lambda c: norm(c, **kwargs)
         return norm
     raise TypeError(f"norm must be a name, a callable or None, got {type(norm).__name__}")
+
+
+def register_weight_norm(name: str, *aliases: str, override: bool = False):
+    """Decorator: register ``f(module, **kw) -> module`` as a weight normalizer named ``name``.
+
+    A weight normalizer replaces an activation normalizer in a model: the model
+    applies ``f`` to each convolution or linear layer that would be followed by a
+    normalizer (see :func:`weight_transform`), and ``create_norm(name, C)`` returns
+    ``nn.Identity()`` for the slot where the activation normalizer would stand.
+    """
+
+    def decorator(fn):
+        register_norm(name, *aliases, override=override)(lambda c, **kw: nn.Identity())
+        _WEIGHT[_key(name)] = fn
+        return fn
+
+    return decorator
+
+
+def weight_transform(norm: NormSpec, **kwargs) -> Callable[[nn.Module], nn.Module]:
+    """``f(module) -> module`` to apply to a layer's weight for ``norm``; identity if none."""
+    if isinstance(norm, str):
+        k = _ALIASES.get(_key(norm), _key(norm))
+        if k in _WEIGHT:
+            fn = _WEIGHT[k]
+            return lambda m: fn(m, **kwargs)
+    return lambda m: m
 
 
 # Placeholders so that models work before the layers module registers its own
