@@ -13,7 +13,6 @@ BUILD := _build
 # on the library's sources and the environment's pins as well.
 LIB_HASH = $(shell cat pyproject.toml $$(find normlib -name '*.py' | LC_ALL=C sort) | sha256sum | cut -c1-16)
 export NORMLIB_CACHE_DIR ?= $(CURDIR)/.normlib-cache
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: book test unit build-strict site-check notebooks clean venv lint cache-key

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +34,6 @@ import torch
 __all__ = ["default_device", "size_preset", "pick", "seed_everything", "SIZES"]
 
 SIZES = ("small", "full")
-T = TypeVar("T")
 
 
 def default_device() -> torch.device:
@@ -83,7 +82,7 @@ def size_preset() -> str:
     return "full" if default_device().type == "cuda" else "small"
 
 
-def pick(small: T, full: T) -> T:
+def pick(small: Any, full: Any) -> Any:
     """Return ``small`` or ``full`` according to :func:`size_preset`."""
     return full if size_preset() == "full" else small
 

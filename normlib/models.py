@@ -10,7 +10,7 @@ Weights use Kaiming (He) initialization for ReLU networks; biases start at zero.
 A linear or convolution layer followed by an activation normalizer has no bias
 (the normalizer's centering would remove it).
 
-The layouts the probes of :mod:`normlib.propagation` rely on:
+The layouts that the propagation probes rely on:
 
 - :class:`MLP`: ``model.layers`` (one block per hidden layer: linear, normalizer, activation),
   then ``model.head``.

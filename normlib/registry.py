@@ -2,7 +2,7 @@
 
 ``create_norm(name, num_features, **kw)`` is how every model and every sweep in
 the book chooses its normalizer, so a sweep is ``for name in available_norms()``.
-Layers register themselves with :func:`register_norm`; :mod:`normlib.layers`
+Layers register themselves with :func:`register_norm`; ``normlib.layers``
 (and the weight and whitening modules) fill the registry when ``normlib`` is
 imported.
 

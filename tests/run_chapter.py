@@ -27,7 +27,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.size:
         os.environ["NORMLIB_SIZE"] = args.size
-    os.environ.setdefault("MPLBACKEND", "Agg")
     nb = jupytext.read(args.chapter)
     client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(args.chapter.parent)}})
