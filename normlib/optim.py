@@ -1,0 +1,630 @@
+r"""Gradient normalization: optimizers that normalize gradients or updates per layer.
+
+Two kinds, both following ``torch.optim.Optimizer`` conventions (parameter
+groups, ``state_dict``/``load_state_dict``, ``step(closure)``, usable with
+``torch.optim.lr_scheduler``):
+
+- **Wrappers** that transform each parameter's gradient, then call the wrapped
+  optimizer's step: :class:`GradientCentralization` (Yong et al., 2020) and
+  :class:`GradientNormalization` (per-layer, block-normalized gradients; Yu
+  et al., 2017). They work around any optimizer, e.g.
+  ``GradientCentralization(torch.optim.SGD(model.parameters(), lr=0.1))``.
+- **Layer-wise adaptive optimizers** whose step for each parameter tensor is
+  scaled by a *trust ratio* of the weight norm to the update norm:
+  :class:`LARS` (You et al., 2017), :class:`LAMB` (You et al., 2020) and
+  :class:`LANS` (Zheng et al., 2020). The last trust ratio of each parameter is
+  kept in ``optimizer.state[p]["trust_ratio"]``.
+
+The pure functions (:func:`centralize_gradient`, :func:`normalize_gradient`,
+:func:`lars_trust_ratio`, :func:`lamb_trust_ratio`) are the math; the classes
+hold state. Explained in the chapter "Review III: normalizing weights and
+gradients" (``chapters/review_weights.md``).
+
+Example:
+    >>> import torch
+    >>> from normlib.optim import LARS
+    >>> w = torch.nn.Parameter(torch.ones(2, 2))
+    >>> opt = LARS([w], lr=1.0, momentum=0.0, trust_coefficient=0.01)
+    >>> w.grad = torch.full((2, 2), 5.0)
+    >>> _ = opt.step()
+    >>> w.detach()  # the step has length 0.01 * ||w||, whatever ||grad|| is
+    tensor([[0.9900, 0.9900],
+            [0.9900, 0.9900]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+__all__ = [
+    "centralize_gradient",
+    "normalize_gradient",
+    "lars_trust_ratio",
+    "lamb_trust_ratio",
+    "GradientTransform",
+    "GradientCentralization",
+    "GradientNormalization",
+    "LARS",
+    "LAMB",
+    "LANS",
+]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_nonneg(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _check_positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _check_unit_interval(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_betas(betas) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return (_check_unit_interval(betas[0], "betas[0]"), _check_unit_interval(betas[1], "betas[1]"))
+
+
+def _dense_grad(p: torch.Tensor, who: str) -> torch.Tensor:
+    if p.grad.is_sparse:
+        raise RuntimeError(f"{who} does not support sparse gradients")
+    return p.grad
+
+
+# ---------------------------------------------------------------------- functional core
+
+
+def centralize_gradient(grad: torch.Tensor, min_ndim: int = 2) -> torch.Tensor:
+    r"""Gradient centralization :math:`\Phi(\nabla W)_i = \nabla W_i - \operatorname{mean}(\nabla W_i)`.
+
+    For a weight of shape ``(out, in, *kernel)`` each output unit's gradient
+    loses its mean over ``in, *kernel`` (Yong et al., 2020). This is the
+    projection onto the hyperplane :math:`e^\top w_i = 0`, so SGD keeps each
+    row's mean of the weight fixed. Tensors with fewer than ``min_ndim`` dims
+    (biases, normalizer scales) are returned unchanged.
+
+    Args:
+        grad: the gradient, ``(out, in, *kernel)``.
+        min_ndim: centralize only tensors with at least this many dims (2: linear
+            and conv weights; 3: convolutions only).
+
+    Returns:
+        torch.Tensor: the centralized gradient (a new tensor; the input is untouched).
+
+    Example:
+        >>> centralize_gradient(torch.tensor([[1.0, 3.0], [0.0, 4.0]]))
+        tensor([[-1.,  1.],
+                [-2.,  2.]])
+    """
+    if grad.ndim < min_ndim:
+        return grad
+    return grad - grad.mean(dim=tuple(range(1, grad.ndim)), keepdim=True)
+
+
+def normalize_gradient(grad: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    r"""Block-normalized gradient :math:`g / (\|g\| + \epsilon)` of one parameter tensor (Yu et al., 2017).
+
+    Args:
+        grad: any shape; the norm is the Frobenius norm of the whole tensor.
+        eps: added to the norm (a zero gradient stays zero).
+
+    Returns:
+        torch.Tensor: a gradient of norm (almost) 1.
+
+    Example:
+        >>> normalize_gradient(torch.tensor([3.0, 4.0]), eps=0.0)
+        tensor([0.6000, 0.8000])
+    """
+    return grad / (torch.linalg.vector_norm(grad) + eps)
+
+
+def lars_trust_ratio(
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    trust_coefficient: float = 1e-3,
+    weight_decay: float = 0.0,
+) -> torch.Tensor:
+    r"""LARS's local learning rate :math:`\eta \|w\| / (\|\nabla w\| + \lambda \|w\|)` (You et al., 2017).
+
+    Returns 1 where it is undefined (``||w|| = 0``, or a zero denominator), so a
+    zero-initialized tensor still moves.
+
+    Args:
+        weight: the parameter.
+        grad: its gradient (without weight decay).
+        trust_coefficient: :math:`\eta`.
+        weight_decay: :math:`\lambda`.
+
+    Returns:
+        torch.Tensor: a 0-dim tensor.
+
+    Example:
+        >>> lars_trust_ratio(torch.ones(4), torch.full((4,), 10.0), trust_coefficient=1.0)
+        tensor(0.1000)
+    """
+    w_norm = torch.linalg.vector_norm(weight)
+    denom = torch.linalg.vector_norm(grad) + weight_decay * w_norm
+    one = torch.ones_like(w_norm)
+    safe = torch.where(denom > 0, denom, one)
+    return torch.where((w_norm > 0) & (denom > 0), trust_coefficient * w_norm / safe, one)
+
+
+def lamb_trust_ratio(
+    weight: torch.Tensor,
+    update: torch.Tensor,
+    eps: float = 1e-6,
+    max_weight_norm: float | None = 10.0,
+) -> torch.Tensor:
+    r"""LAMB's trust ratio :math:`\phi(\|w\|) / (\|u\| + \epsilon)` (You et al., 2020).
+
+    :math:`\phi(z) = \min(z, z_{\max})` clips the weight norm. Returns 1 if ``||w||`` or ``||u||`` is zero.
+
+    Args:
+        weight: the parameter.
+        update: the Adam-style update direction ``u`` (including weight decay).
+        eps: added to ``||u||``.
+        max_weight_norm: :math:`z_{\max}` (``None``: no clipping, :math:`\phi(z) = z`).
+
+    Returns:
+        torch.Tensor: a 0-dim tensor.
+
+    Example:
+        >>> lamb_trust_ratio(torch.full((4,), 2.0), torch.ones(4), eps=0.0)
+        tensor(2.)
+    """
+    w_norm = torch.linalg.vector_norm(weight)
+    if max_weight_norm is not None:
+        w_norm = w_norm.clamp(max=max_weight_norm)
+    u_norm = torch.linalg.vector_norm(update)
+    ratio = w_norm / (u_norm + eps).clamp_min(torch.finfo(u_norm.dtype).tiny)
+    return torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio))
+
+
+# ------------------------------------------------------------------------- wrappers
+
+
+class GradientTransform(Optimizer):
+    """Base class of optimizer wrappers that transform gradients before the wrapped step.
+
+    The wrapper shares the wrapped optimizer's ``param_groups`` and ``state``
+    (its own options are extra keys of the same group dicts), so learning-rate
+    schedulers, ``state_dict`` and ``add_param_group`` act on both. ``step``
+    evaluates the closure (if any), replaces every ``p.grad`` by its transform
+    *in place*, then calls the wrapped optimizer's ``step()``. Subclasses
+    implement :meth:`transform`.
+
+    Args:
+        optimizer: the optimizer to wrap.
+        defaults: the wrapper's own per-group options.
+    """
+
+    def __init__(self, optimizer: Optimizer, defaults: dict[str, Any]) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
+                f"build one first, e.g. {type(self).__name__}(torch.optim.SGD(params, lr=0.1))"
+            )
+        self.optimizer = optimizer
+        self._own_defaults = dict(defaults)
+        self._sharing = False
+        super().__init__(optimizer.param_groups, dict(defaults))
+        self._share_with_wrapped()
+
+    def _share_with_wrapped(self) -> None:
+        self.param_groups = self.optimizer.param_groups
+        self.state = self.optimizer.state
+        self.defaults = {**self.optimizer.defaults, **self._own_defaults}
+        for group in self.param_groups:
+            for key, value in self._own_defaults.items():
+                group.setdefault(key, value)
+        self._sharing = True
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the wrapped optimizer, with this wrapper's defaults."""
+        if not self._sharing:
+            super().add_param_group(param_group)
+            return
+        self.optimizer.add_param_group(param_group)
+        for key, value in self._own_defaults.items():
+            self.param_groups[-1].setdefault(key, value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state dict (its groups include this wrapper's options)."""
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load into the wrapped optimizer and share its new groups and state."""
+        self.optimizer.load_state_dict(state_dict)
+        self._share_with_wrapped()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """The wrapped optimizer's ``zero_grad``."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def transform(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        """The transformed gradient of one parameter tensor."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Transform every gradient in place, then take the wrapped optimizer's step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (called once).
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    grad = _dense_grad(p, type(self).__name__)
+                    grad.copy_(self.transform(grad, group))
+        self.optimizer.step()
+        return loss
+
+    def __repr__(self) -> str:
+        own = ", ".join(f"{k}={self.param_groups[0][k]}" for k in self._own_defaults)
+        return f"{type(self).__name__}({own}, optimizer={self.optimizer!r})"
+
+
+class GradientCentralization(GradientTransform):
+    r"""Gradient centralization (Yong et al., 2020) around any optimizer.
+
+    Every weight gradient with at least 2 dims (3 with ``conv_only=True``) is
+    centralized per output unit (:func:`centralize_gradient`) before the
+    wrapped step. With SGD (with or without momentum, without weight decay)
+    each row's mean of the weight then never changes.
+
+    Args:
+        optimizer: the optimizer to wrap.
+        conv_only: centralize convolution weights only (``ndim >= 3``).
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor([[1.0, 2.0]]))
+        >>> opt = GradientCentralization(torch.optim.SGD([w], lr=0.5))
+        >>> w.grad = torch.tensor([[1.0, 3.0]])
+        >>> _ = opt.step()
+        >>> w.detach()  # the row mean stays 1.5
+        tensor([[1.5000, 1.5000]])
+    """
+
+    def __init__(self, optimizer: Optimizer, conv_only: bool = False) -> None:
+        if not isinstance(conv_only, bool):
+            raise TypeError(f"conv_only must be a bool, got {conv_only!r}")
+        super().__init__(optimizer, {"centralize_conv_only": conv_only})
+
+    def transform(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        return centralize_gradient(grad, 3 if group["centralize_conv_only"] else 2)
+
+
+class GradientNormalization(GradientTransform):
+    r"""Per-layer gradient normalization :math:`g \leftarrow g / (\|g\| + \epsilon)` around any optimizer.
+
+    Each parameter tensor (block) gets a unit-norm gradient before the wrapped
+    step, so with SGD every block moves by ``lr`` whatever the scale of its
+    gradient (block-normalized gradient, Yu et al., 2017). It removes exploding
+    and vanishing gradient *magnitudes* per layer, not their directions.
+
+    Args:
+        optimizer: the optimizer to wrap.
+        eps: added to each gradient norm.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> opt = GradientNormalization(torch.optim.SGD([w], lr=1.0), eps=0.0)
+        >>> w.grad = torch.tensor([30.0, 40.0])
+        >>> _ = opt.step()
+        >>> w.detach()
+        tensor([-0.6000, -0.8000])
+    """
+
+    def __init__(self, optimizer: Optimizer, eps: float = 1e-8) -> None:
+        super().__init__(optimizer, {"normalize_eps": _check_nonneg(eps, "eps")})
+
+    def transform(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        return normalize_gradient(grad, group["normalize_eps"])
+
+
+# ---------------------------------------------------------------- LARS, LAMB, LANS
+
+
+class LARS(Optimizer):
+    r"""Layer-wise adaptive rate scaling (You et al., 2017): SGD with a trust ratio per tensor.
+
+    For each parameter tensor ``w`` with gradient ``g``:
+
+    .. math::
+
+        \rho = \frac{\eta \|w\|}{\|g\| + \lambda \|w\|},\quad
+        d = \rho\, (g + \lambda w),\quad
+        b \leftarrow \mu b + (1 - \tau) d,\quad
+        w \leftarrow w - \alpha\, b
+
+    (with Nesterov, :math:`w \leftarrow w - \alpha (d + \mu b)`). The step of every
+    layer is about :math:`\alpha \eta \|w\|`, independent of the scale of its
+    gradient. With ``exclude_vectors`` (default), tensors with fewer than 2 dims
+    (biases, normalizer scales) take a plain momentum-SGD step without trust
+    ratio or weight decay, as is usual for LARS (and as pytorch-optimizer does).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: :math:`\alpha`.
+        momentum: :math:`\mu`.
+        dampening: :math:`\tau`.
+        weight_decay: :math:`\lambda`.
+        trust_coefficient: :math:`\eta`.
+        nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening = 0``).
+        exclude_vectors: plain SGD for tensors with ``ndim < 2``.
+
+    Example:
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> opt = LARS(lin.parameters(), lr=0.1)
+        >>> lin(torch.randn(4, 3)).sum().backward()
+        >>> _ = opt.step()
+        >>> float(opt.state[lin.weight]["trust_ratio"]) > 0
+        True
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 1e-3,
+        nesterov: bool = False,
+        exclude_vectors: bool = True,
+    ) -> None:
+        _check_nonneg(lr, "lr")
+        _check_unit_interval(momentum, "momentum")
+        _check_unit_interval(dampening, "dampening")
+        _check_nonneg(weight_decay, "weight_decay")
+        _check_positive(trust_coefficient, "trust_coefficient")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                f"nesterov=True needs momentum > 0 and dampening = 0, got momentum={momentum}, "
+                f"dampening={dampening}"
+            )
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            nesterov=nesterov,
+            exclude_vectors=exclude_vectors,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """One LARS step for every parameter with a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss.
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = _dense_grad(p, "LARS")
+                state = self.state[p]
+                if p.ndim >= 2 or not group["exclude_vectors"]:
+                    ratio = lars_trust_ratio(p, grad, group["trust_coefficient"], wd)
+                    grad = (grad + wd * p) * ratio
+                    state["trust_ratio"] = ratio
+                if mu > 0:
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    buf = state["momentum_buffer"]
+                    buf.mul_(mu).add_(grad, alpha=1.0 - group["dampening"])
+                    grad = grad + mu * buf if group["nesterov"] else buf
+                p.add_(grad, alpha=-lr)
+        return loss
+
+
+def _adam_moments(state: dict, grad: torch.Tensor, beta1: float, beta2: float) -> int:
+    """Update the first and second moments in ``state``; return the step count."""
+    if "step" not in state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(grad)
+        state["exp_avg_sq"] = torch.zeros_like(grad)
+    state["step"] += 1
+    state["exp_avg"].mul_(beta1).add_(grad, alpha=1.0 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    return state["step"]
+
+
+class LAMB(Optimizer):
+    r"""Layer-wise adaptive moments for large batches (You et al., 2020): Adam with a trust ratio.
+
+    For each parameter tensor ``w`` with gradient ``g``, at step ``t``:
+
+    .. math::
+
+        m \leftarrow \beta_1 m + (1-\beta_1) g,\quad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2,\quad
+        r = \frac{m / c_1}{\sqrt{v / c_2} + \epsilon},\quad
+        u = r + \lambda w,\quad
+        w \leftarrow w - \alpha\, \frac{\phi(\|w\|)}{\|u\| + \epsilon}\, u
+
+    with :math:`c_i = 1 - \beta_i^t` if ``bias_correction`` (else 1) and
+    :math:`\phi(z) = \min(z, z_{\max})` (see :func:`lamb_trust_ratio`). With
+    ``decoupled_weight_decay``, the decay is applied AdamW-style instead,
+    :math:`w \leftarrow (1 - \alpha\lambda) w` before the step, and
+    :math:`u = r`.
+
+    pytorch-optimizer's ``Lamb(adam_debias=True)`` takes the same steps with
+    ``bias_correction=False`` (its default divides the step by :math:`c_1` but
+    not :math:`v` by :math:`c_2`; its ``weight_decouple=False`` is the paper's
+    :math:`u = r + \lambda w`, here the default).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: :math:`\alpha`.
+        betas: :math:`(\beta_1, \beta_2)`.
+        eps: :math:`\epsilon`, in Adam's denominator and the trust ratio's.
+        weight_decay: :math:`\lambda`.
+        bias_correction: correct both moments for their zero start.
+        max_weight_norm: :math:`z_{\max}` (``None``: no clipping).
+        decoupled_weight_decay: AdamW-style decay outside the trust ratio.
+
+    Example:
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> opt = LAMB(lin.parameters(), lr=0.01)
+        >>> lin(torch.randn(4, 3)).sum().backward()
+        >>> _ = opt.step()
+        >>> sorted(opt.state[lin.weight])
+        ['exp_avg', 'exp_avg_sq', 'step', 'trust_ratio']
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        bias_correction: bool = True,
+        max_weight_norm: float | None = 10.0,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        _check_nonneg(lr, "lr")
+        betas = _check_betas(betas)
+        _check_nonneg(eps, "eps")
+        _check_nonneg(weight_decay, "weight_decay")
+        if max_weight_norm is not None:
+            _check_positive(max_weight_norm, "max_weight_norm")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            max_weight_norm=max_weight_norm,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        super().__init__(params, defaults)
+
+    def _moments(self, grad: torch.Tensor, state: dict, group: dict):
+        """Update the moments; return Adam's direction ``r`` and its denominator."""
+        beta1, beta2 = group["betas"]
+        step = _adam_moments(state, grad, beta1, beta2)
+        c1, c2 = (1 - beta1**step, 1 - beta2**step) if group["bias_correction"] else (1.0, 1.0)
+        denom = (state["exp_avg_sq"] / c2).sqrt_().add_(group["eps"])
+        return state["exp_avg"] / c1 / denom, denom
+
+    def _directions(
+        self, grad: torch.Tensor, state: dict, group: dict
+    ) -> list[tuple[float, torch.Tensor]]:
+        """``(weight, direction)`` pairs whose trust-scaled sum is the step (LAMB: one)."""
+        return [(1.0, self._moments(grad, state, group)[0])]
+
+    def _prepare_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """One step for every parameter with a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss.
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        name = type(self).__name__
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            decoupled = group["decoupled_weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = self._prepare_grad(_dense_grad(p, name))
+                state = self.state[p]
+                directions = self._directions(grad, state, group)
+                if decoupled and wd > 0:
+                    p.mul_(1.0 - lr * wd)
+                total = torch.zeros_like(p)
+                ratios = []
+                for weight, direction in directions:
+                    if not decoupled and wd > 0:
+                        direction = direction + wd * p
+                    ratio = lamb_trust_ratio(p, direction, group["eps"], group["max_weight_norm"])
+                    ratios.append(ratio)
+                    total.add_(direction * ratio, alpha=weight)
+                state["trust_ratio"] = ratios[0]
+                p.add_(total, alpha=-lr)
+        return loss
+
+
+class LANS(LAMB):
+    r"""LAMB with per-block normalized gradients and Nesterov momentum (Zheng et al., 2020).
+
+    Each tensor's gradient is first normalized, :math:`\tilde g = g / \|g\|`; the
+    moments are those of :math:`\tilde g` (bias-corrected); the step combines two
+    trust-scaled directions, the momentum one and the current gradient's:
+
+    .. math::
+
+        r = \frac{\hat m}{\sqrt{\hat v} + \epsilon},\quad
+        c = \frac{\tilde g}{\sqrt{\hat v} + \epsilon},\quad
+        w \leftarrow w - \alpha \Big(\beta_1 \frac{\phi(\|w\|)}{\|r + \lambda w\|} (r + \lambda w)
+        + (1 - \beta_1) \frac{\phi(\|w\|)}{\|c + \lambda w\|} (c + \lambda w)\Big)
+
+    Arguments as :class:`LAMB`. ``optimizer.state[p]["trust_ratio"]`` is the
+    momentum direction's trust ratio.
+
+    Example:
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> opt = LANS(lin.parameters(), lr=0.01)
+        >>> lin(torch.randn(4, 3)).sum().backward()
+        >>> _ = opt.step()
+        >>> opt.state[lin.weight]["step"]
+        1
+    """
+
+    def _prepare_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(grad)
+        return torch.where(norm > 0, grad / norm.clamp_min(torch.finfo(grad.dtype).tiny), grad)
+
+    def _directions(
+        self, grad: torch.Tensor, state: dict, group: dict
+    ) -> list[tuple[float, torch.Tensor]]:
+        beta1 = group["betas"][0]
+        r, denom = self._moments(grad, state, group)
+        return [(beta1, r), (1.0 - beta1, grad / denom)]

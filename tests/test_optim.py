@@ -1,0 +1,365 @@
+"""Tests of normlib.optim: gradient normalization optimizers and wrappers.
+
+Oracles: pytorch-optimizer's LARS and Lamb (configured to the same conventions,
+see each test), reference formulas written here, and exact invariants (row
+means under gradient centralization, unit block steps under gradient
+normalization). Small float64 problems; parameters are compared after several
+steps with tolerances near float64 rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from pytorch_optimizer import LARS as PeerLARS
+from pytorch_optimizer import Lamb as PeerLamb
+from torch import nn
+
+from normlib import optim as no
+
+DT = torch.float64
+TOL = 1e-11  # same arithmetic, possibly in a different order, over a few float64 steps
+
+
+def _problem(seed: int = 0):
+    """A small MLP regression problem: (model, inputs, targets)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
+    x = torch.randn(32, 5, generator=g, dtype=DT)
+    y = torch.randn(32, 3, generator=g, dtype=DT)
+    return model, x, y
+
+
+def _loss(model, x, y):
+    return ((model(x) - y) ** 2).mean()
+
+
+def _train(model, opt, x, y, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+
+
+def _assert_same_params(a: nn.Module, b: nn.Module, atol: float = TOL):
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=atol, msg=name)
+
+
+def _assert_moved(model: nn.Module, start: nn.Module):
+    moved = max(float((p - q).detach().abs().max())
+                for p, q in zip(model.parameters(), start.parameters()))
+    assert moved > 1e-4  # the comparison is about real steps, not a no-op
+
+
+# ----------------------------------------------------------- pytorch-optimizer oracles
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lr=0.5, momentum=0.9, weight_decay=0.0, trust_coefficient=1e-2),
+        dict(lr=0.5, momentum=0.9, weight_decay=1e-2, trust_coefficient=1e-2),
+        dict(lr=0.5, momentum=0.9, weight_decay=1e-2, trust_coefficient=1e-2, nesterov=True),
+        dict(lr=0.5, momentum=0.8, dampening=0.1, weight_decay=5e-3, trust_coefficient=2e-2),
+        dict(lr=0.1, momentum=0.0, weight_decay=1e-3, trust_coefficient=1e-2),
+    ],
+)
+def test_lars_takes_the_same_steps_as_pytorch_optimizer_lars(kw):
+    # Same conventions on both sides: trust ratio eta ||w|| / (||g|| + wd ||w||) on tensors
+    # with ndim > 1, weight decay inside it, plain momentum SGD for biases.
+    ours, x, y = _problem()
+    theirs, start = copy.deepcopy(ours), copy.deepcopy(ours)
+    _train(ours, no.LARS(ours.parameters(), **kw), x, y, 6)
+    _train(theirs, PeerLARS(theirs.parameters(), **kw), x, y, 6)
+    _assert_moved(ours, start)
+    _assert_same_params(ours, theirs)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+@pytest.mark.parametrize("large_weights", [False, True])
+def test_lamb_takes_the_same_steps_as_pytorch_optimizer_lamb(decoupled, weight_decay,
+                                                             large_weights):
+    # pytorch-optimizer's Lamb: no bias correction with adam_debias=True (its default
+    # divides the step by 1 - beta1^t only); weight_decouple=False is the paper's
+    # u = r + wd w; the weight norm is clipped at 10 (our max_weight_norm=10).
+    ours, x, y = _problem()
+    if large_weights:  # exercise the clipping of ||w|| at 10
+        with torch.no_grad():
+            ours[0].weight.mul_(20.0)
+    theirs, start = copy.deepcopy(ours), copy.deepcopy(ours)
+    kw = dict(lr=0.02, betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay)
+    _train(ours, no.LAMB(ours.parameters(), bias_correction=False, max_weight_norm=10.0,
+                         decoupled_weight_decay=decoupled, **kw), x, y, 6)
+    _train(theirs, PeerLamb(theirs.parameters(), adam_debias=True, weight_decouple=decoupled,
+                            **kw), x, y, 6)
+    _assert_moved(ours, start)
+    _assert_same_params(ours, theirs)
+
+
+# ------------------------------------------------------------- reference formulas
+
+
+def _reference_lamb(params, grads_per_step, lr, b1, b2, eps, wd, nesterov_lans=False):
+    """LAMB (You et al., 2020, Algorithm 2) and LANS (Zheng et al., 2020), written out."""
+    params = [p.clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for t, grads in enumerate(grads_per_step, start=1):
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if nesterov_lans:
+                g = g / g.norm()
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            denom = (v[i] / (1 - b2**t)).sqrt() + eps
+            r = m[i] / (1 - b1**t) / denom + wd * p
+            phi = min(float(p.norm()), 10.0)
+            step = phi / (float(r.norm()) + eps) * r
+            if nesterov_lans:
+                c = g / denom + wd * p
+                step = b1 * step + (1 - b1) * phi / (float(c.norm()) + eps) * c
+            params[i] = p - lr * step
+    return params
+
+
+def _grads_along_path(opt_cls, kw, steps):
+    """Run opt_cls on the problem; return (start params, per-step grads, end params)."""
+    model, x, y = _problem()
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = opt_cls(model.parameters(), **kw)
+    grads = []
+    for _ in range(steps):
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        grads.append([p.grad.detach().clone() for p in model.parameters()])
+        opt.step()
+    return start, grads, [p.detach() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("opt_cls, lans", [(no.LAMB, False), (no.LANS, True)])
+def test_lamb_and_lans_with_bias_correction_match_the_papers_algorithms(opt_cls, lans):
+    kw = dict(lr=0.01, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    start, grads, end = _grads_along_path(opt_cls, kw, 5)
+    expected = _reference_lamb(start, grads, 0.01, 0.9, 0.99, 1e-6, 0.01, nesterov_lans=lans)
+    for got, want in zip(end, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=TOL)
+
+
+def test_lars_step_length_is_lr_times_trust_coefficient_times_weight_norm():
+    model, x, y = _problem()
+    start = copy.deepcopy(model)
+    opt = no.LARS(model.parameters(), lr=0.5, momentum=0.0, trust_coefficient=0.01)
+    _train(model, opt, x, y, 1)
+    for (name, p), q in zip(model.named_parameters(), start.parameters()):
+        if p.ndim >= 2:  # the gradient's scale is gone: |step| = lr * eta * ||w||
+            assert abs(float((p - q).norm()) - 0.5 * 0.01 * float(q.norm())) < 1e-12, name
+
+
+def test_lars_treats_vectors_as_momentum_sgd_unless_included():
+    model, x, y = _problem()
+    ref = copy.deepcopy(model)
+    _train(model, no.LARS(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1), x, y, 1)
+    _train(ref, torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9), x, y, 1)
+    # Biases: no trust ratio, no weight decay; SGD's first buffer is the gradient, as here.
+    torch.testing.assert_close(model[0].bias, ref[0].bias, rtol=0, atol=TOL)
+    assert not torch.allclose(model[0].weight, ref[0].weight)
+    model3, _, _ = _problem()
+    opt = no.LARS(model3.parameters(), lr=0.1, momentum=0.0, trust_coefficient=0.01,
+                  exclude_vectors=False)
+    before = model3[0].bias.detach().clone()
+    _train(model3, opt, x, y, 1)
+    assert abs(float((model3[0].bias - before).norm()) - 0.1 * 0.01 * float(before.norm())) < 1e-12
+
+
+def test_gradient_centralization_equals_sgd_on_centralized_gradients():
+    model, x, y = _problem()
+    ref = copy.deepcopy(model)
+    _train(model, no.GradientCentralization(torch.optim.SGD(model.parameters(), lr=0.1,
+                                                            momentum=0.9)), x, y, 4)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(4):
+        opt.zero_grad()
+        _loss(ref, x, y).backward()
+        for p in ref.parameters():
+            if p.ndim > 1:  # Yong et al. (2020), eq. 3, per output row
+                p.grad -= p.grad.mean(dim=1, keepdim=True)
+        opt.step()
+    _assert_same_params(model, ref)
+
+
+def test_gradient_centralization_keeps_every_weight_row_mean_fixed_under_sgd():
+    model, x, y = _problem()
+    means = [p.detach().mean(1).clone() for p in model.parameters() if p.ndim > 1]
+    opt = no.GradientCentralization(torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9))
+    _train(model, opt, x, y, 10)
+    after = [p.detach().mean(1) for p in model.parameters() if p.ndim > 1]
+    for a, b in zip(after, means):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
+def test_gradient_centralization_conv_only_skips_linear_weights():
+    conv = nn.Conv1d(2, 3, 3).to(DT)
+    lin = nn.Linear(4, 2).to(DT)
+    params = list(conv.parameters()) + list(lin.parameters())
+    opt = no.GradientCentralization(torch.optim.SGD(params, lr=1.0), conv_only=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert torch.equal(conv.weight.grad, torch.zeros_like(conv.weight))
+    assert torch.equal(lin.weight.grad, torch.ones_like(lin.weight))
+
+
+def test_gradient_normalization_moves_every_tensor_by_lr_under_plain_sgd():
+    model, x, y = _problem()
+    start = copy.deepcopy(model)
+    opt = no.GradientNormalization(torch.optim.SGD(model.parameters(), lr=0.05), eps=0.0)
+    _train(model, opt, x, y, 1)
+    for p, q in zip(model.parameters(), start.parameters()):
+        assert abs(float((p - q).norm()) - 0.05) < 1e-14
+
+
+def test_gradient_normalization_matches_adam_on_normalized_gradients():
+    model, x, y = _problem()
+    ref = copy.deepcopy(model)
+    _train(model, no.GradientNormalization(torch.optim.Adam(model.parameters(), lr=0.01),
+                                           eps=1e-8), x, y, 4)
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01)
+    for _ in range(4):
+        opt.zero_grad()
+        _loss(ref, x, y).backward()
+        for p in ref.parameters():
+            p.grad /= p.grad.norm() + 1e-8
+        opt.step()
+    _assert_same_params(model, ref)
+
+
+def test_trust_ratios_are_one_where_undefined():
+    z, g = torch.zeros(3, dtype=DT), torch.ones(3, dtype=DT)
+    assert float(no.lars_trust_ratio(z, g)) == 1.0
+    assert float(no.lars_trust_ratio(g, z)) == 1.0
+    assert float(no.lamb_trust_ratio(z, g)) == 1.0
+    assert float(no.lamb_trust_ratio(g, z)) == 1.0
+    assert math.isclose(float(no.lars_trust_ratio(g, 2 * g, 0.1, 0.5)), 0.1 / 2.5)
+
+
+# ------------------------------------------------------- optimizer conventions
+
+
+_FACTORIES = {
+    "lars": lambda ps: no.LARS(ps, lr=0.5, momentum=0.9, weight_decay=1e-3,
+                               trust_coefficient=1e-2),
+    "lamb": lambda ps: no.LAMB(ps, lr=0.01, weight_decay=0.01),
+    "lans": lambda ps: no.LANS(ps, lr=0.01, weight_decay=0.01),
+    "gc_sgd": lambda ps: no.GradientCentralization(torch.optim.SGD(ps, lr=0.1, momentum=0.9)),
+    "gn_adam": lambda ps: no.GradientNormalization(torch.optim.Adam(ps, lr=0.01)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FACTORIES))
+def test_state_dict_round_trip_continues_training_identically(name):
+    make = _FACTORIES[name]
+    model, x, y = _problem()
+    opt = make(model.parameters())
+    _train(model, opt, x, y, 3)
+    clone = copy.deepcopy(model)
+    clone_opt = make(clone.parameters())
+    clone_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _train(model, opt, x, y, 3)
+    _train(clone, clone_opt, x, y, 3)
+    _assert_same_params(model, clone, atol=0.0)
+    assert opt.state_dict()["param_groups"] == clone_opt.state_dict()["param_groups"]
+
+
+@pytest.mark.parametrize("name", sorted(_FACTORIES))
+def test_step_with_closure_returns_the_loss_and_takes_the_same_step(name):
+    make = _FACTORIES[name]
+    model, x, y = _problem()
+    ref = copy.deepcopy(model)
+    opt = make(model.parameters())
+
+    def closure():
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert torch.is_tensor(loss) and float(loss) == float(_loss(ref, x, y))
+    _train(ref, make(ref.parameters()), x, y, 1)
+    _assert_same_params(model, ref, atol=0.0)
+
+
+@pytest.mark.parametrize("name", sorted(_FACTORIES))
+def test_param_groups_keep_their_own_learning_rates(name):
+    model, x, y = _problem()
+    start = copy.deepcopy(model)
+    opt = _FACTORIES[name]([{"params": model[0].parameters()},
+                            {"params": model[2].parameters(), "lr": 0.0}])
+    _train(model, opt, x, y, 2)
+    assert torch.equal(model[2].weight, start[2].weight)
+    assert not torch.equal(model[0].weight, start[0].weight)
+
+
+def test_wrappers_share_groups_with_the_wrapped_optimizer_and_its_schedulers():
+    model, x, y = _problem()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = no.GradientCentralization(sgd)
+    assert isinstance(opt, torch.optim.Optimizer)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    _train(model, opt, x, y, 1)
+    sched.step()
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.05)
+    extra = nn.Parameter(torch.ones(2, 2, dtype=DT))
+    opt.add_param_group({"params": [extra]})
+    assert sgd.param_groups[-1]["params"][0] is extra
+    assert sgd.param_groups[-1]["centralize_conv_only"] is False
+
+
+def test_wrappers_stack():
+    model, x, y = _problem()
+    opt = no.GradientNormalization(no.GradientCentralization(
+        torch.optim.SGD(model.parameters(), lr=0.1)), eps=0.0)
+    start = copy.deepcopy(model)
+    _train(model, opt, x, y, 1)
+    w, w0 = model[0].weight, start[0].weight
+    # Normalized then centralized: a step of length <= lr with unchanged row means.
+    assert float((w - w0).norm()) <= 0.1 + 1e-12
+    torch.testing.assert_close(w.mean(1), w0.mean(1), rtol=0, atol=1e-14)
+
+
+# ------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda ps: no.LARS(ps, lr=-0.1), "lr must be a non-negative"),
+        (lambda ps: no.LARS(ps, trust_coefficient=0.0), "trust_coefficient must be a positive"),
+        (lambda ps: no.LARS(ps, momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (lambda ps: no.LARS(ps, momentum=0.0, nesterov=True), "nesterov=True needs momentum"),
+        (lambda ps: no.LARS(ps, weight_decay=-1e-4), "weight_decay must be a non-negative"),
+        (lambda ps: no.LAMB(ps, betas=(0.9, 1.0)), r"betas\[1\] must be in \[0, 1\)"),
+        (lambda ps: no.LAMB(ps, betas=0.9), "betas must be a pair"),
+        (lambda ps: no.LAMB(ps, eps=-1.0), "eps must be a non-negative"),
+        (lambda ps: no.LANS(ps, max_weight_norm=0.0), "max_weight_norm must be a positive"),
+        (lambda ps: no.GradientNormalization(torch.optim.SGD(ps, lr=0.1), eps=-1.0),
+         "eps must be a non-negative"),
+    ],
+)
+def test_bad_hyperparameters_raise_value_errors_naming_them(make, match):
+    model, _, _ = _problem()
+    with pytest.raises(ValueError, match=match):
+        make(model.parameters())
+
+
+def test_wrappers_reject_things_that_are_not_optimizers():
+    model, _, _ = _problem()
+    with pytest.raises(TypeError, match="must be a torch.optim.Optimizer"):
+        no.GradientCentralization(model.parameters())
+    with pytest.raises(TypeError, match="conv_only must be a bool"):
+        no.GradientCentralization(torch.optim.SGD(model.parameters(), lr=0.1), conv_only="yes")

@@ -1,0 +1,418 @@
+"""Tests of normlib.weight: weight normalizers as parametrizations.
+
+Oracles: torch.nn.utils.parametrizations (weight norm, spectral norm), reference
+formulas written here, and the defining properties (W W^T = I, zero-mean
+unit-variance rows). Everything runs in float64 on small layers, so the
+tolerances are close to float64 rounding unless stated otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations as torch_param
+from torch.nn.utils import parametrize
+
+import normlib
+from normlib import weight as nw
+from normlib.registry import create_norm, weight_transform
+
+DT = torch.float64
+TOL = 1e-12  # float64 results of the same formula computed in a different order
+
+
+def _layers():
+    torch.manual_seed(0)
+    return {
+        "linear": nn.Linear(6, 4).to(DT),
+        "conv1d": nn.Conv1d(3, 4, 3).to(DT),
+        "conv2d": nn.Conv2d(2, 4, 3).to(DT),
+        "conv_transpose2d": nn.ConvTranspose2d(3, 4, 3).to(DT),
+    }
+
+
+def _input(layer: nn.Module) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    if isinstance(layer, nn.Linear):
+        return torch.randn(5, layer.in_features, generator=g, dtype=DT)
+    spatial = (7,) * (layer.weight.ndim - 2)
+    return torch.randn(5, layer.in_channels, *spatial, generator=g, dtype=DT)
+
+
+def _rows(weight: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return weight.movedim(dim, 0).reshape(weight.shape[dim], -1)
+
+
+# ---------------------------------------------------------------- torch oracles
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("dim", [0, 1, None])
+def test_weight_norm_equals_torch_weight_norm_values_and_gradients(kind, dim):
+    ours = _layers()[kind]
+    theirs = copy.deepcopy(ours)
+    nw.weight_norm(ours, dim=dim)
+    torch_param.weight_norm(theirs, dim=dim)
+    po, pt = ours.parametrizations.weight, theirs.parametrizations.weight
+    assert po.original0.shape == pt.original0.shape
+    torch.testing.assert_close(po.original0, pt.original0, rtol=0, atol=TOL)
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=0, atol=TOL)
+    x = _input(ours).requires_grad_()
+    xt = x.detach().clone().requires_grad_()
+    (ours(x) ** 2).sum().backward()
+    (theirs(xt) ** 2).sum().backward()
+    torch.testing.assert_close(po.original0.grad, pt.original0.grad, rtol=1e-10, atol=TOL)
+    torch.testing.assert_close(po.original1.grad, pt.original1.grad, rtol=1e-10, atol=TOL)
+    torch.testing.assert_close(x.grad, xt.grad, rtol=1e-10, atol=TOL)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d", "conv_transpose2d"])
+def test_spectral_norm_equals_torch_spectral_norm_over_training_steps(kind):
+    base = _layers()[kind]
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    torch.manual_seed(3)
+    nw.spectral_norm(ours)
+    torch.manual_seed(3)
+    torch_param.spectral_norm(theirs)
+    po, pt = ours.parametrizations.weight[0], theirs.parametrizations.weight[0]
+    # Same random draws in the same order give the same initial singular vectors.
+    torch.testing.assert_close(po._u, pt._u, rtol=0, atol=TOL)
+    torch.testing.assert_close(po._v, pt._v, rtol=0, atol=TOL)
+    opt_o = torch.optim.SGD(ours.parameters(), lr=0.1)
+    opt_t = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    x = _input(base)
+    for _ in range(4):  # the power iteration advances once per training forward
+        for model, opt in ((ours, opt_o), (theirs, opt_t)):
+            opt.zero_grad()
+            (model(x) ** 2).mean().backward()
+            opt.step()
+        grads_o = [p.grad for p in ours.parameters()]
+        grads_t = [p.grad for p in theirs.parameters()]
+        for go, gt in zip(grads_o, grads_t):
+            torch.testing.assert_close(go, gt, rtol=1e-10, atol=TOL)
+    torch.testing.assert_close(po._u, pt._u, rtol=0, atol=1e-10)
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=0, atol=1e-10)
+
+
+def test_spectral_norm_updates_vectors_only_in_training_mode():
+    lin = nw.spectral_norm(_layers()["linear"])
+    p = lin.parametrizations.weight[0]
+    lin.eval()
+    u0 = p._u.clone()
+    with torch.no_grad():
+        lin.parametrizations.weight.original.mul_(torch.linspace(0.5, 2, 6, dtype=DT))
+    lin(_input(lin))
+    assert torch.equal(p._u, u0)
+    lin.train()
+    lin(_input(lin))
+    assert not torch.equal(p._u, u0)
+
+
+def test_spectral_norm_converges_to_largest_singular_value():
+    torch.manual_seed(0)
+    lin = nw.spectral_norm(nn.Linear(8, 5).to(DT), n_power_iterations=50)
+    lin(torch.zeros(1, 8, dtype=DT))  # one training forward: 50 more iterations
+    sigma = torch.linalg.matrix_norm(lin.weight.detach(), ord=2)
+    assert abs(float(sigma) - 1.0) < 1e-9
+
+
+# ------------------------------------------------------------- reference formulas
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+def test_centered_weight_norm_matches_reference_and_rows_have_zero_mean(kind):
+    layer = _layers()[kind]
+    raw = layer.weight.detach().clone()
+    nw.centered_weight_norm(layer)
+    p = layer.parametrizations.weight
+    with torch.no_grad():
+        p.original0.mul_(torch.linspace(0.5, 2.0, 4, dtype=DT).reshape(p.original0.shape))
+    rows = _rows(raw)
+    centered = rows - rows.mean(1, keepdim=True)
+    g = p.original0.detach().reshape(-1, 1)
+    expected = g * centered / centered.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(_rows(layer.weight.detach()), expected, rtol=0, atol=TOL)
+    torch.testing.assert_close(_rows(layer.weight).mean(1), torch.zeros(4, dtype=DT),
+                               rtol=0, atol=TOL)
+    torch.testing.assert_close(_rows(layer.weight).norm(dim=1), g.flatten(), rtol=0, atol=TOL)
+
+
+def test_weight_norm_initial_weight_is_the_original():
+    layer = _layers()["conv2d"]
+    raw = layer.weight.detach().clone()
+    nw.weight_norm(layer)
+    torch.testing.assert_close(layer.weight.detach(), raw, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("group_size", [1, 2, 4])
+def test_orthogonal_weight_norm_gives_orthonormal_rows_per_group(kind, group_size):
+    layer = nw.orthogonal_weight_norm(_layers()[kind], group_size=group_size, eps=0.0)
+    dim = 1 if kind == "conv_transpose2d" else 0
+    rows = _rows(layer.weight.detach(), dim)
+    eye = torch.eye(group_size, dtype=DT)
+    for group in rows.split(group_size):
+        torch.testing.assert_close(group @ group.T, eye, rtol=0, atol=1e-10)
+        torch.testing.assert_close(group.sum(1), torch.zeros(group_size, dtype=DT),
+                                   rtol=0, atol=1e-10)
+
+
+def test_orthogonal_weight_norm_equals_polar_factor_of_centered_rows():
+    # OWN's whitening (V_c V_c^T)^(-1/2) V_c is the polar factor U Q^T of V_c = U S Q^T.
+    torch.manual_seed(0)
+    v = torch.randn(3, 7, dtype=DT)
+    vc = v - v.mean(1, keepdim=True)
+    u, _, qt = torch.linalg.svd(vc, full_matrices=False)
+    torch.testing.assert_close(nw.orthogonalize_weight(v, 3, eps=0.0), u @ qt, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("num_iters", [1, 2, 5])
+def test_oni_equals_the_papers_newton_iteration(num_iters):
+    torch.manual_seed(0)
+    v = torch.randn(8, 12, dtype=DT)
+    out = nw.orthogonalize_weight(v, 4, method="newton", num_iters=num_iters)
+    expected = []
+    for z in v.split(4):  # ONI, Algorithm 1, written out
+        zc = z - z.mean(1, keepdim=True)
+        u = zc / zc.norm()
+        s = u @ u.T
+        b = torch.eye(4, dtype=DT)
+        for _ in range(num_iters):
+            b = 1.5 * b - 0.5 * torch.linalg.matrix_power(b, 3) @ s
+        expected.append(b @ u)
+    torch.testing.assert_close(out, torch.cat(expected), rtol=0, atol=1e-10)
+
+
+def test_oni_approaches_orthonormal_rows_as_iterations_grow():
+    torch.manual_seed(0)
+    v = torch.randn(4, 16, dtype=DT)
+    errors = []
+    for t in (1, 3, 5, 10, 40, 200):
+        w = nw.orthogonalize_weight(v, 4, method="newton", num_iters=t)
+        errors.append(float((w @ w.T - torch.eye(4, dtype=DT)).abs().max()))
+    assert all(a >= b for a, b in zip(errors, errors[1:-1])), errors
+    # Converged to rounding; stays there for many more iterations (the coupled form is stable).
+    assert errors[-2] < 1e-12 and errors[-1] < 1e-12, errors
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d", "conv_transpose2d"])
+def test_weight_standardization_gives_zero_mean_unit_variance_rows(kind):
+    layer = nw.weight_standardization(_layers()[kind], eps=0.0)
+    dim = 1 if kind == "conv_transpose2d" else 0
+    rows = _rows(layer.weight.detach(), dim)
+    var, mean = torch.var_mean(rows, dim=1, correction=0)
+    torch.testing.assert_close(mean, torch.zeros_like(mean), rtol=0, atol=TOL)
+    torch.testing.assert_close(var, torch.ones_like(var), rtol=0, atol=1e-10)
+
+
+def test_weight_standardization_with_eps_matches_reference_formula():
+    layer = _layers()["conv2d"]
+    raw = _rows(layer.weight.detach().clone())
+    nw.weight_standardization(layer, eps=0.3)
+    expected = (raw - raw.mean(1, keepdim=True)) / torch.sqrt(raw.var(1, unbiased=False,
+                                                                      keepdim=True) + 0.3)
+    torch.testing.assert_close(_rows(layer.weight.detach()), expected, rtol=0, atol=TOL)
+
+
+def test_scaled_weight_standardization_matches_reference_formula_and_learns_gain():
+    layer = _layers()["conv2d"]
+    raw = _rows(layer.weight.detach().clone())
+    nw.scaled_weight_standardization(layer, activation="relu", eps=1e-4)
+    sws = layer.parametrizations.weight[0]
+    with torch.no_grad():
+        sws.gain.copy_(torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=DT))
+    gamma = math.sqrt(2.0 / (1.0 - 1.0 / math.pi))
+    fan_in = raw.shape[1]
+    std = torch.sqrt(raw.var(1, unbiased=False, keepdim=True) + 1e-4)
+    expected = gamma * sws.gain.detach()[:, None] * (raw - raw.mean(1, keepdim=True)) / (
+        std * math.sqrt(fan_in))
+    torch.testing.assert_close(_rows(layer.weight.detach()), expected, rtol=0, atol=1e-8)
+    assert any(p is sws.gain for p in layer.parameters())
+    layer(_input(layer)).sum().backward()
+    assert sws.gain.grad is not None and sws.gain.grad.abs().sum() > 0
+
+
+def test_scaled_weight_standardization_preserves_variance_after_relu():
+    # gamma undoes the variance lost by ReLU: relu(z) for z ~ N(0,1) has variance 1/gamma^2.
+    torch.manual_seed(0)
+    layer = nw.scaled_weight_standardization(nn.Linear(512, 512).to(DT), eps=0.0)
+    z = torch.randn(4096, 512, dtype=DT)
+    with torch.no_grad():
+        out = layer(torch.relu(z))
+    # The input's nonzero mean adds nothing since rows have zero mean; 4096 samples
+    # x 512 units estimate the variance to about 1%.
+    assert abs(float(out.var()) - 1.0) < 0.05
+
+
+def test_activation_gamma_of_relu_has_closed_form():
+    assert abs(nw.activation_gamma("relu") - math.sqrt(2.0 / (1.0 - 1.0 / math.pi))) < 1e-7
+    assert abs(nw.activation_gamma("identity") - 1.0) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "name, table",
+    # The NF-Nets reference implementation's table, estimated there by sampling
+    # (so agreement is to about 1e-3, not to quadrature accuracy).
+    [("gelu", 1.7015043497085571), ("silu", 1.7881293296813965), ("tanh", 1.5939117670059204),
+     ("relu", 1.7139588594436646), ("sigmoid", 4.803835391998291), ("elu", 1.2716004848480225)],
+)
+def test_activation_gamma_matches_the_nfnets_table(name, table):
+    assert abs(nw.activation_gamma(name) / table - 1.0) < 2e-3
+
+
+def test_normprop_relu_standardizes_a_standard_gaussian():
+    z = torch.linspace(-12, 12, 240_001, dtype=DT)
+    density = torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    y = nw.normprop_relu(z)
+    mean = torch.trapezoid(y * density, z)
+    second = torch.trapezoid(y * y * density, z)
+    assert abs(float(mean)) < 1e-8 and abs(float(second) - 1.0) < 1e-8
+
+
+def test_normprop_is_weight_norm_with_unit_gains():
+    layer = nw.normprop(_layers()["conv2d"])
+    p = layer.parametrizations.weight
+    assert torch.equal(p.original0, torch.ones_like(p.original0))
+    torch.testing.assert_close(_rows(layer.weight.detach()).norm(dim=1),
+                               torch.ones(4, dtype=DT), rtol=0, atol=TOL)
+    x = torch.linspace(-2, 2, 9, dtype=DT)
+    assert torch.equal(nw.NormPropReLU()(x), nw.normprop_relu(x))
+
+
+# -------------------------------------------------------------------- gradcheck
+
+
+def _gradcheck(fn, *inputs):
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_gradcheck_weight_normalize_plain_and_centered():
+    torch.manual_seed(0)
+    v = torch.randn(3, 2, 2, dtype=DT, requires_grad=True)
+    g = torch.rand(3, 1, 1, dtype=DT).add(0.5).requires_grad_()
+    _gradcheck(lambda g, v: nw.weight_normalize(v, g, 0), g, v)
+    _gradcheck(lambda g, v: nw.weight_normalize(v, g, 0, centered=True), g, v)
+    gs = torch.tensor(1.3, dtype=DT, requires_grad=True)
+    _gradcheck(lambda g, v: nw.weight_normalize(v, g, None), gs, v)
+
+
+@pytest.mark.parametrize("method", ["eigh", "newton"])
+def test_gradcheck_orthogonalize_weight(method):
+    torch.manual_seed(0)
+    v = torch.randn(4, 6, dtype=DT, requires_grad=True)
+    _gradcheck(lambda v: nw.orthogonalize_weight(v, 2, method=method, num_iters=4), v)
+
+
+def test_gradcheck_standardize_and_scaled_standardize():
+    torch.manual_seed(0)
+    w = torch.randn(3, 2, 3, dtype=DT, requires_grad=True)
+    s = torch.rand(3, dtype=DT).add(0.5).requires_grad_()
+    _gradcheck(lambda w: nw.standardize_weight(w, eps=1e-3), w)
+    _gradcheck(lambda w, s: nw.standardize_weight(w, 1, eps=1e-3, scale=s[:2]), w, s)
+
+
+def test_gradcheck_spectral_normalize_and_normprop_relu():
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, dtype=DT, requires_grad=True)
+    u = torch.nn.functional.normalize(torch.randn(3, dtype=DT), dim=0)
+    v = torch.nn.functional.normalize(torch.randn(4, dtype=DT), dim=0)
+    _gradcheck(lambda w: nw.spectral_normalize(w, u, v), w)
+    x = torch.randn(10, dtype=DT).add(0.1).requires_grad_()  # away from the kink at 0
+    _gradcheck(nw.normprop_relu, x)
+
+
+# ----------------------------------------------------------- modes, state, registry
+
+
+@pytest.mark.parametrize("apply", [nw.weight_norm, nw.centered_weight_norm,
+                                   nw.orthogonal_weight_norm, nw.oni,
+                                   nw.weight_standardization, nw.scaled_weight_standardization])
+def test_stateless_weight_normalizers_give_the_same_output_in_train_and_eval(apply):
+    layer = apply(_layers()["conv2d"])
+    x = _input(layer)
+    train_out = layer(x)
+    layer.eval()
+    torch.testing.assert_close(layer(x), train_out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("apply", [nw.weight_norm, nw.orthogonal_weight_norm,
+                                   nw.scaled_weight_standardization, nw.spectral_norm])
+def test_parametrized_state_dict_round_trips(apply):
+    torch.manual_seed(0)
+    src = apply(nn.Conv2d(2, 4, 3).to(DT))
+    src(_input(src))  # advance spectral norm's vectors
+    torch.manual_seed(1)
+    dst = apply(nn.Conv2d(2, 4, 3).to(DT))
+    dst.load_state_dict(src.state_dict())
+    src.eval()
+    dst.eval()
+    x = _input(src)
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["wn", "cwn", "own", "oni", "ws", "sws", "sn"])
+def test_registered_weight_normalizers_parametrize_layers_and_leave_identity_slots(name):
+    assert name in normlib.available_norms()
+    assert isinstance(create_norm(name, 8), nn.Identity)
+    conv = weight_transform(name)(nn.Conv2d(3, 8, 3))
+    assert parametrize.is_parametrized(conv, "weight")
+    conv(torch.randn(2, 3, 6, 6)).square().mean().backward()
+    assert all(p.grad is not None for p in conv.parameters())
+
+
+def test_default_group_size_fits_layers_with_more_outputs_than_inputs():
+    conv = nw.orthogonal_weight_norm(nn.Conv2d(1, 16, 2).to(DT), eps=0.0)  # fan_in 4
+    assert conv.parametrizations.weight[0].group_size == 2  # largest divisor of 16 <= 3
+    rows = _rows(conv.weight.detach())
+    torch.testing.assert_close(rows[:2] @ rows[:2].T, torch.eye(2, dtype=DT), rtol=0, atol=1e-10)
+
+
+# ----------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("apply", [nw.weight_norm, nw.centered_weight_norm,
+                                   nw.orthogonal_weight_norm, nw.weight_standardization,
+                                   nw.scaled_weight_standardization, nw.spectral_norm,
+                                   nw.normprop])
+def test_weight_normalizers_reject_modules_without_a_suitable_weight(apply):
+    with pytest.raises(ValueError, match="no tensor named 'weight'"):
+        apply(nn.ReLU())
+    bn = nn.BatchNorm1d(4)
+    with pytest.raises(ValueError, match=r"shape \(4,\).*at least 2 dims"):
+        apply(bn)
+    assert not parametrize.is_parametrized(bn)
+    with pytest.raises(TypeError, match="nn.Module"):
+        apply(torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m: nw.weight_norm(m, eps=-1.0), "eps must be a non-negative"),
+        (lambda m: nw.weight_norm(m, dim=5), "dim must be an int"),
+        (lambda m: nw.spectral_norm(m, n_power_iterations=0), "n_power_iterations must be a positive"),
+        (lambda m: nw.oni(m, num_iters=0), "num_iters must be a positive"),
+        (lambda m: nw.orthogonal_weight_norm(m, group_size=3), "must divide"),
+        (lambda m: nw.orthogonal_weight_norm(m, group_size=0), "group_size must be a positive"),
+        (lambda m: nw.orthogonal_weight_norm(m, method="svd"), "method must be one of"),
+        (lambda m: nw.scaled_weight_standardization(m, gamma=0.0), "gamma must be a positive"),
+        (lambda m: nw.scaled_weight_standardization(m, activation="relu7"), "unknown activation"),
+        (lambda m: nw.weight_standardization(m, eps=-1e-5), "eps must be a non-negative"),
+    ],
+)
+def test_bad_hyperparameters_raise_before_parametrizing(call, match):
+    layer = nn.Linear(6, 4)
+    with pytest.raises(ValueError, match=match):
+        call(layer)
+    assert not parametrize.is_parametrized(layer)
+
+
+def test_orthogonal_weight_norm_rejects_groups_larger_than_the_rank():
+    with pytest.raises(ValueError, match="group_size=4 is larger than the rank 3"):
+        nw.orthogonal_weight_norm(nn.Linear(4, 8), group_size=4)
+    with pytest.raises(ValueError, match="larger than the rank 4"):
+        nw.orthogonal_weight_norm(nn.Linear(4, 8), group_size=8, centered=False)
