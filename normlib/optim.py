@@ -45,6 +45,7 @@ __all__ = [
     "normalize_gradient",
     "lars_trust_ratio",
     "lamb_trust_ratio",
+    "relative_updates",
     "GradientTransform",
     "GradientCentralization",
     "GradientNormalization",
@@ -194,6 +195,46 @@ def lamb_trust_ratio(
     u_norm = torch.linalg.vector_norm(update)
     ratio = w_norm / (u_norm + eps).clamp_min(torch.finfo(u_norm.dtype).tiny)
     return torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio))
+
+
+def relative_updates(
+    model: torch.nn.Module, optimizer: Optimizer, closure: Callable[[], Any]
+) -> dict[str, float]:
+    r"""Take one step of ``optimizer`` and return :math:`\|\Delta w\| / \|w\|` per parameter tensor.
+
+    The relative update is what a learning rate really sets for each layer: a
+    global learning rate gives layers relative updates as different as their
+    ratios :math:`\|\nabla w\| / \|w\|`, while LARS makes them all equal
+    (chapter "Review III"). This *does* train ``model`` by one step.
+
+    Args:
+        model: the model whose named parameters are reported.
+        optimizer: an optimizer over (some of) its parameters.
+        closure: zeroes the gradients, computes the loss, calls ``backward`` and
+            returns the loss (as for ``optimizer.step(closure)``).
+
+    Returns:
+        dict: parameter name to relative update (``nan`` for a zero tensor).
+
+    Example:
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> opt = LARS(lin.parameters(), lr=1.0, momentum=0.0, trust_coefficient=0.1)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = lin(torch.ones(1, 2)).sum()
+        ...     loss.backward()
+        ...     return loss
+        >>> round(relative_updates(lin, opt, closure)["weight"], 6)
+        0.1
+    """
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer.step(closure)
+    out = {}
+    for name, p in model.named_parameters():
+        norm = float(torch.linalg.vector_norm(before[name]))
+        step = float(torch.linalg.vector_norm(p.detach() - before[name]))
+        out[name] = step / norm if norm > 0 else float("nan")
+    return out
 
 
 # ------------------------------------------------------------------------- wrappers

@@ -73,6 +73,10 @@ __all__ = [
     "scaled_weight_standardization",
     "spectral_norm",
     "normprop",
+    "normprop_mlp",
+    "weight_norm_directions",
+    "angular_update",
+    "equilibrium_angular_update",
 ]
 
 _ORTHO_METHODS = ("eigh", "newton")
@@ -1031,6 +1035,115 @@ def normprop(module: nn.Module, name: str = "weight") -> nn.Module:
     with torch.no_grad():
         getattr(module.parametrizations, name).original0.fill_(1.0)
     return module
+
+
+def normprop_mlp(in_features: int, width: int, depth: int, init: str = "orthogonal") -> nn.Sequential:
+    r"""A NormProp network: ``depth`` blocks of :func:`normprop` ``Linear -> NormPropReLU``.
+
+    The input is expected to be normalized once (zero mean, unit variance per
+    feature); no batch statistics are used afterwards. ``init`` chooses the
+    directions of the rows: ``"orthogonal"`` (orthonormal rows where
+    ``width <= fan_in``, NormProp's assumption) or ``"gaussian"`` (independent
+    random rows, nearly but not exactly orthogonal). Biases start at 0.
+
+    Args:
+        in_features: input size.
+        width: units per layer.
+        depth: number of blocks.
+        init: ``"orthogonal"`` or ``"gaussian"``.
+
+    Returns:
+        nn.Sequential: the blocks, each ``nn.Sequential(linear, NormPropReLU())``.
+
+    Example:
+        >>> net = normprop_mlp(16, 16, 3)
+        >>> net(torch.randn(4, 16)).shape
+        torch.Size([4, 16])
+    """
+    for name, value in (("in_features", in_features), ("width", width), ("depth", depth)):
+        _check_positive_int(value, name)
+    if init not in ("orthogonal", "gaussian"):
+        raise ValueError(f"init must be 'orthogonal' or 'gaussian', got {init!r}")
+    blocks, fan_in = [], in_features
+    for _ in range(depth):
+        linear = nn.Linear(fan_in, width)
+        with torch.no_grad():
+            if init == "orthogonal":
+                nn.init.orthogonal_(linear.weight)
+            else:
+                nn.init.normal_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        blocks.append(nn.Sequential(normprop(linear), NormPropReLU()))
+        fan_in = width
+    return nn.Sequential(*blocks)
+
+
+def weight_norm_directions(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The direction parameters ``v`` of every weight-normalized tensor in ``model``.
+
+    Covers :func:`weight_norm`, :func:`centered_weight_norm` and :func:`normprop`
+    (torch's own ``weight_norm`` is not included). Keys are
+    ``"<module name>.<tensor name>"``; values are the live parameters.
+
+    Example:
+        >>> net = nn.Sequential(weight_norm(nn.Linear(3, 2)), nn.ReLU())
+        >>> list(weight_norm_directions(net))
+        ['0.weight']
+    """
+    found = {}
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor_name, chain in module.parametrizations.items():
+            if len(chain) == 1 and isinstance(chain[0], WeightNorm):
+                key = f"{module_name}.{tensor_name}" if module_name else tensor_name
+                found[key] = chain.original1
+    return found
+
+
+def angular_update(before: torch.Tensor, after: torch.Tensor) -> float:
+    r"""The angle in radians between two tensors seen as vectors.
+
+    For a scale-invariant weight this is the step that matters: the loss sees
+    only the direction. Computed as :math:`2 \arctan(\|\hat a - \hat b\| / \|\hat a + \hat b\|)`,
+    accurate for tiny angles (unlike ``arccos``).
+
+    Example:
+        >>> round(angular_update(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])), 4)
+        0.7854
+    """
+    a = before.detach().flatten().double()
+    b = after.detach().flatten().double()
+    a, b = a / a.norm(), b / b.norm()
+    return float(2 * torch.atan2((a - b).norm(), (a + b).norm()))
+
+
+def equilibrium_angular_update(lr: float, weight_decay: float) -> float:
+    r"""The angular update per SGD step of a scale-invariant weight whose norm is stationary.
+
+    SGD with weight decay maps :math:`v \mapsto (1 - \eta\lambda) v - \eta \nabla`
+    with :math:`\nabla \perp v`. If :math:`\|v\|` does not change, then
+    :math:`\cos\theta = 1 - \eta\lambda`, i.e.
+    :math:`\tan\theta = \sqrt{\eta\lambda (2 - \eta\lambda)} / (1 - \eta\lambda) \approx \sqrt{2\eta\lambda}`,
+    whatever the gradient's size (van Laarhoven, 2017; Wan et al., 2021).
+
+    Args:
+        lr: :math:`\eta`.
+        weight_decay: :math:`\lambda`, with :math:`0 < \eta\lambda < 1`.
+
+    Returns:
+        float: :math:`\theta` in radians.
+
+    Example:
+        >>> round(equilibrium_angular_update(0.1, 5e-4), 5)
+        0.01
+    """
+    _check_positive_float(lr, "lr")
+    _check_positive_float(weight_decay, "weight_decay")
+    x = lr * weight_decay
+    if x >= 1:
+        raise ValueError(f"lr * weight_decay must be below 1, got {x!r}")
+    return math.acos(1.0 - x)
 
 
 # -------------------------------------------------------------------------- registry

@@ -50,6 +50,10 @@ def _assert_same_params(a: nn.Module, b: nn.Module, atol: float = TOL):
         torch.testing.assert_close(pa, pb, rtol=0, atol=atol, msg=name)
 
 
+def _dist(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm())
+
+
 def _assert_moved(model: nn.Module, start: nn.Module):
     moved = max(float((p - q).detach().abs().max())
                 for p, q in zip(model.parameters(), start.parameters()))
@@ -157,7 +161,7 @@ def test_lars_step_length_is_lr_times_trust_coefficient_times_weight_norm():
     _train(model, opt, x, y, 1)
     for (name, p), q in zip(model.named_parameters(), start.parameters()):
         if p.ndim >= 2:  # the gradient's scale is gone: |step| = lr * eta * ||w||
-            assert abs(float((p - q).norm()) - 0.5 * 0.01 * float(q.norm())) < 1e-12, name
+            assert abs(_dist(p, q) - 0.5 * 0.01 * float(q.detach().norm())) < 1e-12, name
 
 
 def test_lars_treats_vectors_as_momentum_sgd_unless_included():
@@ -173,7 +177,7 @@ def test_lars_treats_vectors_as_momentum_sgd_unless_included():
                   exclude_vectors=False)
     before = model3[0].bias.detach().clone()
     _train(model3, opt, x, y, 1)
-    assert abs(float((model3[0].bias - before).norm()) - 0.1 * 0.01 * float(before.norm())) < 1e-12
+    assert abs(_dist(model3[0].bias, before) - 0.1 * 0.01 * float(before.norm())) < 1e-12
 
 
 def test_gradient_centralization_equals_sgd_on_centralized_gradients():
@@ -220,7 +224,7 @@ def test_gradient_normalization_moves_every_tensor_by_lr_under_plain_sgd():
     opt = no.GradientNormalization(torch.optim.SGD(model.parameters(), lr=0.05), eps=0.0)
     _train(model, opt, x, y, 1)
     for p, q in zip(model.parameters(), start.parameters()):
-        assert abs(float((p - q).norm()) - 0.05) < 1e-14
+        assert abs(_dist(p, q) - 0.05) < 1e-14
 
 
 def test_gradient_normalization_matches_adam_on_normalized_gradients():
@@ -289,7 +293,7 @@ def test_step_with_closure_returns_the_loss_and_takes_the_same_step(name):
         return loss
 
     loss = opt.step(closure)
-    assert torch.is_tensor(loss) and float(loss) == float(_loss(ref, x, y))
+    assert torch.is_tensor(loss) and float(loss.detach()) == float(_loss(ref, x, y).detach())
     _train(ref, make(ref.parameters()), x, y, 1)
     _assert_same_params(model, ref, atol=0.0)
 
@@ -328,7 +332,7 @@ def test_wrappers_stack():
     _train(model, opt, x, y, 1)
     w, w0 = model[0].weight, start[0].weight
     # Normalized then centralized: a step of length <= lr with unchanged row means.
-    assert float((w - w0).norm()) <= 0.1 + 1e-12
+    assert _dist(w, w0) <= 0.1 + 1e-12
     torch.testing.assert_close(w.mean(1), w0.mean(1), rtol=0, atol=1e-14)
 
 
@@ -363,3 +367,29 @@ def test_wrappers_reject_things_that_are_not_optimizers():
         no.GradientCentralization(model.parameters())
     with pytest.raises(TypeError, match="conv_only must be a bool"):
         no.GradientCentralization(torch.optim.SGD(model.parameters(), lr=0.1), conv_only="yes")
+
+
+def test_relative_updates_equal_lr_times_gradient_ratio_for_sgd_and_are_uniform_for_lars():
+    model, x, y = _problem()
+    grads_model = copy.deepcopy(model)
+    _loss(grads_model, x, y).backward()
+    ratios = {n: float(p.grad.norm() / p.detach().norm()) for n, p in grads_model.named_parameters()}
+
+    def closure_for(opt, m):
+        def closure():
+            opt.zero_grad()
+            loss = _loss(m, x, y)
+            loss.backward()
+            return loss
+        return closure
+
+    sgd_model = copy.deepcopy(model)
+    sgd = torch.optim.SGD(sgd_model.parameters(), lr=0.1)
+    rel = no.relative_updates(sgd_model, sgd, closure_for(sgd, sgd_model))
+    for name, r in rel.items():
+        assert abs(r - 0.1 * ratios[name]) < 1e-12 * max(1.0, r), name
+    lars = no.LARS(model.parameters(), lr=0.1, momentum=0.0, trust_coefficient=0.02)
+    rel = no.relative_updates(model, lars, closure_for(lars, model))
+    for name, r in rel.items():
+        if name.endswith("weight"):
+            assert abs(r - 0.1 * 0.02) < 1e-14, name

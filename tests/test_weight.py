@@ -416,3 +416,99 @@ def test_orthogonal_weight_norm_rejects_groups_larger_than_the_rank():
         nw.orthogonal_weight_norm(nn.Linear(4, 8), group_size=4)
     with pytest.raises(ValueError, match="larger than the rank 4"):
         nw.orthogonal_weight_norm(nn.Linear(4, 8), group_size=8, centered=False)
+
+
+# ------------------------------------------------- NormProp and scale invariance
+
+
+def _preactivation_moments(net: nn.Sequential, x: torch.Tensor):
+    means, variances = [], []
+    with torch.no_grad():
+        for linear, act in net:
+            z = linear(x)
+            means.append(z.mean(0))
+            variances.append(z.var(0))
+            x = act(z)
+    return torch.stack(means), torch.stack(variances)
+
+
+def test_normprop_gives_unit_variance_in_the_first_two_layers_for_white_input_and_orthogonal_rows():
+    # Layer 1 sees N(0, I) and layer 2 independent standardized ReLU outputs: with
+    # orthonormal rows both have exactly unit variance and zero mean. Deeper layers see
+    # uncorrelated but dependent, non-Gaussian inputs and drift (chapter "Review III").
+    torch.manual_seed(0)
+    net = nw.normprop_mlp(32, 32, 2, init="orthogonal").to(DT)
+    x = torch.randn(20_000, 32, dtype=DT)
+    means, variances = _preactivation_moments(net, x)
+    # 20,000 samples: standard error 1% on a variance and 0.007 on a mean, maxima over 32 units.
+    assert float((variances - 1).abs().max()) < 0.06, variances
+    assert float(means.abs().max()) < 0.04, means
+
+
+def test_normprop_second_layer_drifts_with_random_rows_but_not_with_orthogonal_rows():
+    torch.manual_seed(0)
+    x = torch.randn(20_000, 32, dtype=DT)
+    _, v_orth = _preactivation_moments(nw.normprop_mlp(32, 32, 2, init="orthogonal").to(DT), x)
+    _, v_rand = _preactivation_moments(nw.normprop_mlp(32, 32, 2, init="gaussian").to(DT), x)
+    assert float((v_rand[1] - 1).abs().max()) > 0.2 > float((v_orth[1] - 1).abs().max())
+
+
+def test_normprop_loses_unit_variance_when_the_input_is_correlated():
+    torch.manual_seed(0)
+    net = nw.normprop_mlp(32, 32, 4, init="orthogonal").to(DT)
+    mix = torch.eye(32, dtype=DT) + 0.5  # every pair of features has correlation 1/3
+    x = torch.randn(20_000, 32, dtype=DT) @ mix
+    x = (x - x.mean(0)) / x.std(0)  # per-feature standardized, but not whitened
+    _, variances = _preactivation_moments(net, x)
+    assert float((variances[0] - 1).abs().max()) > 0.5
+
+
+def test_weight_norm_directions_finds_the_directions_of_weight_normalized_layers():
+    net = nn.Sequential(nw.weight_norm(nn.Linear(3, 4)), nw.weight_standardization(nn.Linear(4, 2)),
+                        nw.normprop(nn.Linear(2, 2)))
+    found = nw.weight_norm_directions(net)
+    assert list(found) == ["0.weight", "2.weight"]
+    assert found["0.weight"] is net[0].parametrizations.weight.original1
+
+
+def test_angular_update_is_accurate_for_large_and_tiny_angles():
+    a = torch.tensor([1.0, 0.0], dtype=DT)
+    assert abs(nw.angular_update(a, torch.tensor([0.0, 3.0], dtype=DT)) - math.pi / 2) < 1e-15
+    assert abs(nw.angular_update(a, torch.tensor([-2.0, 0.0], dtype=DT)) - math.pi) < 1e-15
+    tiny = 1e-9
+    b = torch.tensor([math.cos(tiny), math.sin(tiny)], dtype=DT)
+    assert abs(nw.angular_update(a, 5 * b) / tiny - 1) < 1e-6
+
+
+def test_sgd_on_a_scale_invariant_weight_grows_its_norm_by_pythagoras():
+    torch.manual_seed(0)
+    layer = nw.weight_norm(nn.Linear(6, 4).to(DT))
+    v = layer.parametrizations.weight.original1
+    x, y = torch.randn(16, 6, dtype=DT), torch.randn(16, 4, dtype=DT)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.3)
+    for _ in range(5):
+        opt.zero_grad()
+        ((layer(x) - y) ** 2).mean().backward()
+        before, grad = v.detach().clone(), v.grad.detach().clone()
+        assert abs(float((grad * before).sum())) < 1e-15  # the gradient is orthogonal to v
+        opt.step()
+        expected = before.norm() ** 2 + 0.3**2 * grad.norm() ** 2
+        assert abs(float(v.detach().norm() ** 2 / expected) - 1) < 1e-13
+
+
+def test_equilibrium_angular_update_is_reached_by_sgd_with_weight_decay_on_a_sphere():
+    # v -> (1 - lr wd) v - lr g with g orthogonal to v and |g| = c / |v| (scale invariance):
+    # whatever c and the start, the angle per step settles at the predicted value.
+    g = torch.Generator().manual_seed(0)
+    lr, wd = 0.5, 0.02
+    v = 10 * torch.randn(50, generator=g, dtype=DT)
+    for _ in range(2000):
+        d = torch.randn(50, generator=g, dtype=DT)
+        d -= (d @ v) / (v @ v) * v
+        new = (1 - lr * wd) * v - lr * d / d.norm() * 0.7 / v.norm()
+        angle = nw.angular_update(v, new)
+        v = new
+    assert abs(angle / nw.equilibrium_angular_update(lr, wd) - 1) < 1e-3
+    assert abs(nw.equilibrium_angular_update(lr, wd) / math.sqrt(2 * lr * wd) - 1) < 0.01
+    with pytest.raises(ValueError, match="below 1"):
+        nw.equilibrium_angular_update(10.0, 0.5)
