@@ -375,7 +375,7 @@ def variance_norm(
         _check_batch_count(x.numel() // c, x, "variance_norm")
     return normalize(
         x, BATCH, Standardize(eps, center=False), _affine(weight, bias),
-        running=_running(var=running_var) if training else None,
+        running=_running(var=running_var),
         use_batch_stats=use_batch, momentum=momentum,
     )
 
@@ -982,7 +982,7 @@ def _box(size: int, device) -> Tensor:
 def _gaussian(size: int, sigma: float, device) -> Tensor:
     r = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-0.5 * (r / sigma) ** 2)
-    return (g / g.sum()).float()
+    return g / g.sum()
 
 
 def local_response_norm(
@@ -1046,6 +1046,9 @@ def local_contrast_norm(
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
     xc = x.to(compute_dtype(x.dtype))
+    # The local means are shift invariant; removing the sample mean first makes a
+    # constant image exactly zero instead of rounding noise divided by eps.
+    xc = xc - xc.mean(dim=tuple(range(1, x.dim())), keepdim=True)
     kernels = [_gaussian(s, sigma, x.device) for s in sizes]
     centered = xc - _window_mean(xc.mean(dim=1, keepdim=True), axes, kernels)
     local_std = torch.sqrt(_window_mean((centered * centered).mean(dim=1, keepdim=True),

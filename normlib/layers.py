@@ -111,6 +111,8 @@ class NormLayer(nn.Module):
     """
 
     running_keys: tuple[str, ...] = ()
+    #: statistics pooled over the batch: training needs more than one value per statistic
+    uses_batch_statistics: bool = False
 
     def __init__(
         self,
@@ -145,6 +147,7 @@ class NormLayer(nn.Module):
         self.weight = nn.Parameter(torch.empty(shape, **factory)) if affine else None
         self.bias = nn.Parameter(torch.empty(shape, **factory)) if affine and bias else None
         size = stats_size if stats_size is not None else num_features
+        self._stats_size = size
         for key in ("mean", "var"):
             keep = self.track_running_stats and key in self.running_keys
             self.register_buffer(f"running_{key}", torch.empty(size, **factory) if keep else None)
@@ -181,6 +184,12 @@ class NormLayer(nn.Module):
 
     def _check(self, x: Tensor) -> None:
         check_input(x, num_features=self.num_features)
+        if self.uses_batch_statistics and self.training and x.numel() // self._stats_size <= 1:
+            raise ValueError(
+                f"{type(self).__name__} in training needs more than 1 value per channel to "
+                f"estimate batch statistics, got input of shape {tuple(x.shape)}; use a batch "
+                "of 2 or more, call .eval(), or pick a batch-independent normalizer (ln, gn, in)"
+            )
 
     def extra_repr(self) -> str:
         parts = [f"{self.num_features}", f"eps={self.eps}"]
@@ -227,6 +236,7 @@ class BatchNorm(NormLayer):
     """
 
     running_keys = ("mean", "var")
+    uses_batch_statistics = True
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, backend: str = "auto",
@@ -263,6 +273,7 @@ class VarianceNorm(NormLayer):
     """
 
     running_keys = ("var",)
+    uses_batch_statistics = True
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None):
@@ -300,6 +311,7 @@ class BatchGroupNorm(NormLayer):
     """
 
     running_keys = ("mean", "var")
+    uses_batch_statistics = True
 
     def __init__(self, num_features: int, num_groups: int | None = None,
                  group_size: int | None = None, eps: float = 1e-5,
@@ -676,6 +688,7 @@ class EvoNormB0(NormLayer):
     """
 
     running_keys = ("var",)
+    uses_batch_statistics = True
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None):

@@ -16,6 +16,17 @@ from torch import nn
 import normlib
 from normlib import layers as L
 
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """These problems are tiny: on a busy 2-core machine torch's thread pool costs more
+    (tens of ms per kernel waiting for a second core) than the arithmetic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TOL = {torch.float64: {"atol": 1e-10, "rtol": 1e-10}, torch.float32: {"atol": 1e-5, "rtol": 1e-4}}
 BACKENDS = ("auto", "framework")
 
