@@ -33,7 +33,7 @@ def test_kaiming_init_gives_fan_in_variance():
     mlp = MLP(400, 10, width=400, depth=2)
     w = mlp.layers[1][0].weight
     # std of 160,000 Gaussian draws is within 1% of sqrt(2 / fan_in)
-    assert abs(float(w.std()) / math.sqrt(2 / 400) - 1) < 0.01
+    assert abs(float(w.detach().std()) / math.sqrt(2 / 400) - 1) < 0.01
     assert float(mlp.layers[0][0].bias.abs().max()) == 0.0
 
 
