@@ -34,7 +34,7 @@ def test_kaiming_init_gives_fan_in_variance():
     w = mlp.layers[1][0].weight
     # std of 160,000 Gaussian draws is within 1% of sqrt(2 / fan_in)
     assert abs(float(w.detach().std()) / math.sqrt(2 / 400) - 1) < 0.01
-    assert float(mlp.layers[0][0].bias.abs().max()) == 0.0
+    assert float(mlp.layers[0][0].bias.detach().abs().max()) == 0.0
 
 
 def test_layers_followed_by_a_normalizer_have_no_bias():
