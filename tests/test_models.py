@@ -61,7 +61,7 @@ def test_skipinit_zero_makes_each_block_its_shortcut():
     block = model.blocks[0]
     x = torch.randn(2, 4, 8, 8)
     assert torch.equal(block(x), torch.relu(x))
-    assert all(float(b.alpha) == 0.0 for b in model.blocks)
+    assert all(b.alpha.item() == 0.0 for b in model.blocks)
     assert ResNet(20, width=4, skipinit=0.5).blocks[3].alpha.item() == 0.5
 
 
