@@ -7,6 +7,7 @@ by name.
 """
 
 from normlib import layers as _layers  # noqa: F401  (fills the registry)
+from normlib import multimode, recovery  # noqa: F401  (register whitening, recovery, multi-mode norms)
 from normlib import weight as _weight  # noqa: F401  (registers the weight normalizers)
 from normlib.registry import available_norms, create_norm, register_norm
 
