@@ -387,11 +387,13 @@ class Affine:
 
     def __call__(self, xv: Tensor, partition: Partition) -> Tensor:
         shape = (1, xv.shape[1], xv.shape[2], 1)
-        if self.weight is not None:
-            xv = xv * self.weight.to(xv.dtype).reshape(shape)
-        if self.bias is not None:
-            xv = xv + self.bias.to(xv.dtype).reshape(shape)
-        return xv
+        weight = None if self.weight is None else self.weight.to(xv.dtype).reshape(shape)
+        bias = None if self.bias is None else self.bias.to(xv.dtype).reshape(shape)
+        if weight is not None and bias is not None:
+            return torch.addcmul(bias, xv, weight)  # one pass over the activations, not two
+        if weight is not None:
+            return xv * weight
+        return xv if bias is None else xv + bias
 
 
 def update_running(
