@@ -35,8 +35,8 @@ Plugging in a new piece: a new NOP (e.g. whitening) implements the
 partition; one that needs the ``(B, d, m)`` matrix form of the deck (``d``
 rows that are decorrelated jointly, ``m`` samples, ``B`` independent problems)
 calls :meth:`Partition.to_matrix` and :meth:`Partition.from_matrix`. Running
-statistics are kept per key of :attr:`Operation.keys`: the layer owns the
-buffers, :meth:`Operation.running_value` says what is averaged and
+statistics are kept per key of ``Operation.keys``: the layer owns the
+buffers, ``Operation.running_value`` says what is averaged and
 :meth:`Operation.from_running` turns a buffer back into a statistic.
 
 Example:
@@ -293,7 +293,7 @@ class RegionPartition:
 class Operation:
     """NOP interface: statistics of a partitioned view, and how to apply them.
 
-    Subclasses set :attr:`keys` (names of their statistics, which are also the
+    Subclasses set ``keys`` (names of their statistics, which are also the
     names of running buffers ``running_<key>``) and implement
     :meth:`statistics` and :meth:`apply`. Statistics are computed in
     :func:`compute_dtype` of the input.

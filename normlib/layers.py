@@ -8,7 +8,7 @@ and update the running statistics (unbiased running variance; ``momentum=None``
 gives a cumulative average), in evaluation they use the running statistics.
 All layers accept ``(N, C)`` inputs (after a linear layer) as well as
 ``(N, C, *)`` feature maps. Chapter "Review I: normalizing activations"
-explains them; all are registered for :func:`normlib.create_norm`.
+explains them; all are registered for :func:`normlib.registry.create_norm`.
 
 Example:
     >>> import torch, normlib
@@ -92,7 +92,7 @@ def _check_positive_int(value, name: str) -> None:
 class NormLayer(nn.Module):
     """Base of the normalization layers: argument checks, affine parameters, running statistics.
 
-    Subclasses set :attr:`running_keys` (``("mean", "var")`` for BatchNorm) and
+    Subclasses set ``running_keys`` (``("mean", "var")`` for BatchNorm) and
     implement ``forward`` by calling one function of :mod:`normlib.functional`.
 
     Args:
@@ -102,7 +102,7 @@ class NormLayer(nn.Module):
             cumulative average.
         affine: learn a per-channel ``weight`` (ones) and ``bias`` (zeros).
         track_running_stats: keep running statistics (only for layers with
-            :attr:`running_keys`).
+            ``running_keys``).
         bias: with ``affine``, also learn the shift.
         stats_size: length of the running buffers (``C``, or the group count).
         param_shape: shape of ``weight`` and ``bias`` (default ``(C,)``).
@@ -111,7 +111,7 @@ class NormLayer(nn.Module):
     """
 
     running_keys: tuple[str, ...] = ()
-    #: statistics pooled over the batch: training needs more than one value per statistic
+    # Statistics pooled over the batch, so training needs more than one value per statistic.
     uses_batch_statistics: bool = False
 
     def __init__(
