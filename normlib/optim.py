@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -200,12 +201,14 @@ def lamb_trust_ratio(
 def relative_updates(
     model: torch.nn.Module, optimizer: Optimizer, closure: Callable[[], Any]
 ) -> dict[str, float]:
-    r"""Take one step of ``optimizer`` and return :math:`\|\Delta w\| / \|w\|` per parameter tensor.
+    r"""The relative size :math:`\|\Delta w\| / \|w\|` of one step of ``optimizer``, per parameter tensor.
 
     The relative update is what a learning rate really sets for each layer: a
     global learning rate gives layers relative updates as different as their
     ratios :math:`\|\nabla w\| / \|w\|`, while LARS makes them all equal
-    (chapter "Review III"). This *does* train ``model`` by one step.
+    (chapter "Review III"). The step is taken and then undone: parameters,
+    buffers (e.g. BatchNorm running statistics), ``.grad`` fields and the
+    optimizer's state are restored, also if the closure raises.
 
     Args:
         model: the model whose named parameters are reported.
@@ -224,17 +227,35 @@ def relative_updates(
         ...     loss = lin(torch.ones(1, 2)).sum()
         ...     loss.backward()
         ...     return loss
+        >>> before = lin.weight.detach().clone()
         >>> round(relative_updates(lin, opt, closure)["weight"], 6)
         0.1
+        >>> torch.equal(lin.weight, before)
+        True
     """
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    optimizer.step(closure)
-    out = {}
-    for name, p in model.named_parameters():
-        norm = float(torch.linalg.vector_norm(before[name]))
-        step = float(torch.linalg.vector_norm(p.detach() - before[name]))
-        out[name] = step / norm if norm > 0 else float("nan")
-    return out
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    saved_params = {name: p.detach().clone() for name, p in params.items()}
+    saved_grads = {name: None if p.grad is None else p.grad.detach().clone()
+                   for name, p in params.items()}
+    saved_buffers = {name: b.detach().clone() for name, b in buffers.items()}
+    saved_state = copy.deepcopy(optimizer.state_dict())
+    try:
+        optimizer.step(closure)
+        out = {}
+        for name, p in params.items():
+            norm = float(torch.linalg.vector_norm(saved_params[name]))
+            step = float(torch.linalg.vector_norm(p.detach() - saved_params[name]))
+            out[name] = step / norm if norm > 0 else float("nan")
+        return out
+    finally:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(saved_params[name])
+                p.grad = saved_grads[name]
+            for name, b in buffers.items():
+                b.copy_(saved_buffers[name])
+        optimizer.load_state_dict(saved_state)
 
 
 # ------------------------------------------------------------------------- wrappers

@@ -393,3 +393,38 @@ def test_relative_updates_equal_lr_times_gradient_ratio_for_sgd_and_are_uniform_
     for name, r in rel.items():
         if name.endswith("weight"):
             assert abs(r - 0.1 * 0.02) < 1e-14, name
+
+
+def test_relative_updates_leave_model_grads_buffers_and_optimizer_state_as_found():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).to(DT)
+    _, x, y = _problem()
+    opt = no.LAMB(model.parameters(), lr=0.01)
+    _train(model, opt, x, y, 2)  # non-trivial optimizer state and grads
+    snapshot = copy.deepcopy(model.state_dict())
+    grads = [p.grad.clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict())
+
+    def closure():
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        return loss
+
+    def failing_closure():
+        closure()
+        raise RuntimeError("closure failed")
+
+    rel = no.relative_updates(model, opt, closure)
+    assert all(r > 0 for r in rel.values())
+    with pytest.raises(RuntimeError, match="closure failed"):
+        no.relative_updates(model, opt, failing_closure)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, snapshot[key]), key
+    for p, g in zip(model.parameters(), grads):
+        assert torch.equal(p.grad, g)
+    after = opt.state_dict()
+    assert after["param_groups"] == state["param_groups"]
+    for i, s in state["state"].items():
+        for key, value in s.items():
+            assert torch.equal(torch.as_tensor(after["state"][i][key]), torch.as_tensor(value)), key
