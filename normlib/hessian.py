@@ -22,6 +22,9 @@ parameter vector and a second derivative of the gradient. On top of it:
   \\sum_i z_i^\\top H z_i` with its standard error, or Hutch++ (a low-rank part computed exactly).
 - :func:`spectral_density`: stochastic Lanczos quadrature (SLQ) of the eigenvalue density,
   smoothed with a Gaussian kernel.
+- :func:`layer_second_moments`: per linear layer, the second moments of its inputs
+  :math:`\\Sigma_x` and of its output gradients :math:`\\Sigma_{\\nabla h}`, the Kronecker factors
+  of the layer's curvature block :cite:p:`martens2015optimizing`.
 - :func:`condition_number` and :func:`learning_rate_thresholds`: :math:`\\kappa =
   \\lambda_{\\max} / \\lambda_{\\min}`, the step :math:`1/\\lambda_{\\max}` that is optimal along the
   sharpest direction and the step :math:`2/\\lambda_{\\max}` above which gradient descent diverges.
@@ -84,6 +87,8 @@ __all__ = [
     "learning_rate_thresholds",
     "LearningRateThresholds",
     "ConvergenceWarning",
+    "layer_second_moments",
+    "LayerMoments",
 ]
 
 _MODES = ("train", "eval")
@@ -1169,3 +1174,131 @@ def learning_rate_thresholds(lambda_max) -> LearningRateThresholds:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"lambda_max must be positive and finite, got {lambda_max!r}")
     return LearningRateThresholds(value, 1.0 / value, 2.0 / value)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-layer second moments (Kronecker factors)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerMoments:
+    """Second moments of one linear layer's inputs and output gradients.
+
+    For a layer :math:`h = Wx + b` and per-sample losses :math:`\\ell_n`,
+    :math:`\\Sigma_x = \\mathbb E[x x^\\top]` and :math:`\\Sigma_{\\nabla h} =
+    \\mathbb E[\\nabla_h \\ell\\, \\nabla_h \\ell^\\top]`. The layer's block of the Fisher (and of
+    the Gauss-Newton curvature, for squared loss) is approximately
+    :math:`\\Sigma_x \\otimes \\Sigma_{\\nabla h}`, so the block is well conditioned when both
+    factors are, and blocks of different layers are alike when their factors' scales are.
+
+    Attributes:
+        name: the module's name in ``model.named_modules()``.
+        input_moment: :math:`\\Sigma_x`, ``(d_in, d_in)``.
+        grad_moment: :math:`\\Sigma_{\\nabla h}`, ``(d_out, d_out)``.
+    """
+
+    name: str
+    input_moment: torch.Tensor
+    grad_moment: torch.Tensor
+
+    @property
+    def input_scale(self) -> float:
+        """:math:`\\operatorname{tr}\\Sigma_x / d_{in}`, the mean square of an input entry."""
+        return float(self.input_moment.diagonal().mean())
+
+    @property
+    def grad_scale(self) -> float:
+        """:math:`\\operatorname{tr}\\Sigma_{\\nabla h} / d_{out}`, the mean square of an output gradient."""
+        return float(self.grad_moment.diagonal().mean())
+
+    def input_condition(self, rtol: float = 0.0) -> float:
+        """Condition number of :math:`\\Sigma_x` (see :func:`condition_number` for ``rtol``)."""
+        return condition_number(torch.linalg.eigvalsh(self.input_moment.double()), rtol=rtol)
+
+    def grad_condition(self, rtol: float = 0.0) -> float:
+        """Condition number of :math:`\\Sigma_{\\nabla h}` (see :func:`condition_number`)."""
+        return condition_number(torch.linalg.eigvalsh(self.grad_moment.double()), rtol=rtol)
+
+
+def layer_second_moments(model: nn.Module, loss_fn: Callable, batch, *, mode: str) -> list[LayerMoments]:
+    """:math:`\\Sigma_x` and :math:`\\Sigma_{\\nabla h}` of every ``nn.Linear`` layer, in forward order.
+
+    One forward and one backward pass on ``batch``; inputs of shape ``(N, *, d)`` count each
+    position as a sample. ``loss_fn`` returns the mean over the batch, so the per-sample output
+    gradient is :math:`N` times the gradient of the mean. The two criteria of a well-conditioned
+    landscape :cite:p:`huang2023normalization` read: the factors have equal scales across layers,
+    and each is well conditioned within its layer.
+
+    Args:
+        model: a network with ``nn.Linear`` layers.
+        loss_fn: ``loss_fn(output, target)`` returning the mean loss, a scalar.
+        batch: one batch ``(x, y)``.
+        mode: ``"train"`` (batch statistics) or ``"eval"`` (running statistics).
+
+    Returns:
+        a list of :class:`LayerMoments`. Hooks are removed and the model's state (buffers,
+        flags, ``.grad``) is restored, also on exceptions.
+
+    Raises:
+        ValueError: unknown mode, a model without ``nn.Linear`` layers, a non-scalar loss.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+        >>> moments = layer_second_moments(net, nn.CrossEntropyLoss(), (x, y), mode="train")
+        >>> [m.name for m in moments], tuple(moments[1].input_moment.shape)
+        (['0', '2'], (4, 4))
+    """
+    if mode not in _MODES:
+        raise ValueError(
+            f"mode must be 'train' (batch statistics) or 'eval' (running statistics), got {mode!r}"
+        )
+    if not _is_batch(batch):
+        raise TypeError(f"batch must be a pair (x, y) of tensors, got {type(batch).__name__}")
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError("model has no nn.Linear layer; layer_second_moments measures linear layers")
+    x, y = batch
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    records: dict[str, list] = {n: [] for n, _ in layers}
+    handles = []
+
+    def recorder(name):
+        def hook(module, inputs, output):
+            records[name].append((inputs[0].detach(), output))
+
+        return hook
+
+    try:
+        with torch.enable_grad(), preserved_model_state(model):
+            for name, module in layers:
+                handles.append(module.register_forward_hook(recorder(name)))
+            model.train(mode == "train")
+            loss = loss_fn(model(x), y)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise ValueError(
+                    f"loss_fn must return a scalar (the mean loss over the batch), got "
+                    f"{getattr(loss, 'shape', type(loss).__name__)}"
+                )
+            outputs = [out for n, _ in layers for _, out in records[n]]
+            grads = torch.autograd.grad(loss, outputs, allow_unused=True, materialize_grads=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    grads = iter(grads)
+    result = []
+    n = x.shape[0]
+    for name, module in layers:
+        ins, outs = [], []
+        for inp, _ in records[name]:
+            ins.append(inp.reshape(-1, module.in_features))
+            outs.append(next(grads).detach().reshape(-1, module.out_features) * n)
+        if not ins:
+            continue  # the layer was not used in this forward pass
+        xin, gout = torch.cat(ins), torch.cat(outs)
+        result.append(LayerMoments(name, xin.T @ xin / len(xin), gout.T @ gout / len(gout)))
+    return result

@@ -24,6 +24,7 @@ from normlib.hessian import (
     hessian_matrix,
     hessian_trace,
     lanczos,
+    layer_second_moments,
     learning_rate_thresholds,
     preserved_model_state,
     spectral_density,
@@ -556,6 +557,56 @@ def test_preserved_model_state_restores_buffers_updated_in_place():
 
 
 # ------------------------------------------------------------------------------------------
+# Per-layer second moments
+# ------------------------------------------------------------------------------------------
+
+
+def test_layer_second_moments_equal_a_manual_forward_and_backward_in_train_mode():
+    import copy
+
+    net = bn_net().eval()
+    x, y = batch()
+    before = snapshot(net)
+    moments = layer_second_moments(net, nn.CrossEntropyLoss(), (x, y), mode="train")
+    assert_unchanged(net, before)
+    assert all(not m._forward_hooks for m in net.modules())
+    # Reference: the same pass by hand, batch statistics, retained intermediate gradients.
+    ref = copy.deepcopy(net).train()
+    h0 = ref[0](x)
+    a2 = ref[2](ref[1](h0))
+    h3 = ref[3](a2)
+    a4 = ref[4](h3)
+    h5 = ref[5](a4)
+    loss = F.cross_entropy(h5, y)
+    grads = torch.autograd.grad(loss, [h0, h3, h5])
+    n = len(x)
+    inputs = [x, a2, a4]
+    assert [m.name for m in moments] == ["0", "3", "5"]
+    for m, inp, g in zip(moments, inputs, grads):
+        g = g * n  # per-sample loss gradients
+        assert torch.allclose(m.input_moment, inp.T @ inp / n, rtol=0, atol=1e-13)
+        assert torch.allclose(m.grad_moment, g.T @ g / n, rtol=0, atol=1e-13)
+    assert math.isclose(moments[0].input_scale, float((x**2).mean()), rel_tol=1e-12)
+    ev = torch.linalg.eigvalsh(moments[1].input_moment)
+    assert math.isclose(moments[1].input_condition(), float(ev[-1] / ev[0]), rel_tol=1e-10)
+
+
+def test_layer_second_moments_of_orthogonal_linear_layers_keep_white_inputs_white():
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.Linear(16, 16, bias=False) for _ in range(4)]).to(DT)
+    for layer in net:
+        nn.init.orthogonal_(layer.weight)
+    z = torch.randn(256, 16, dtype=DT)
+    # Exactly white inputs: E[x x^T] = I.
+    x = z @ torch.linalg.inv(torch.linalg.cholesky(z.T @ z / 256)).T
+    moments = layer_second_moments(net, lambda out, y: 0.5 * ((out - y) ** 2).sum(1).mean(),
+                                   (x, torch.zeros(256, 16, dtype=DT)), mode="eval")
+    for m in moments:
+        assert torch.allclose(m.input_moment, torch.eye(16, dtype=DT), atol=1e-10)
+        assert math.isclose(m.input_condition(), 1.0, rel_tol=1e-8)
+
+
+# ------------------------------------------------------------------------------------------
 # Bad input
 # ------------------------------------------------------------------------------------------
 
@@ -600,6 +651,10 @@ def test_bad_input_raises_clear_errors():
         learning_rate_thresholds(-1.0)
     with pytest.raises(ValueError, match="square"):
         top_eigenpairs(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="no nn.Linear layer"):
+        layer_second_moments(nn.Sequential(nn.Tanh()), ce, (x, y), mode="train")
+    with pytest.raises(ValueError, match="must return a scalar"):
+        layer_second_moments(net, nn.CrossEntropyLoss(reduction="none"), (x, y), mode="eval")
 
 
 def test_condition_number_is_infinite_for_indefinite_and_uses_rtol_for_singular_spectra():
