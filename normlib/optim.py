@@ -199,7 +199,7 @@ def lamb_trust_ratio(
 
 
 def relative_updates(
-    model: torch.nn.Module, optimizer: Optimizer, closure: Callable[[], Any]
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, closure: Callable[[], Any]
 ) -> dict[str, float]:
     r"""The relative size :math:`\|\Delta w\| / \|w\|` of one step of ``optimizer``, per parameter tensor.
 
@@ -276,7 +276,7 @@ class GradientTransform(Optimizer):
         defaults: the wrapper's own per-group options.
     """
 
-    def __init__(self, optimizer: Optimizer, defaults: dict[str, Any]) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, defaults: dict[str, Any]) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
@@ -371,7 +371,7 @@ class GradientCentralization(GradientTransform):
         tensor([[1.5000, 1.5000]])
     """
 
-    def __init__(self, optimizer: Optimizer, conv_only: bool = False) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, conv_only: bool = False) -> None:
         if not isinstance(conv_only, bool):
             raise TypeError(f"conv_only must be a bool, got {conv_only!r}")
         super().__init__(optimizer, {"centralize_conv_only": conv_only})
@@ -401,7 +401,7 @@ class GradientNormalization(GradientTransform):
         tensor([-0.6000, -0.8000])
     """
 
-    def __init__(self, optimizer: Optimizer, eps: float = 1e-8) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, eps: float = 1e-8) -> None:
         super().__init__(optimizer, {"normalize_eps": _check_nonneg(eps, "eps")})
 
     def transform(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:

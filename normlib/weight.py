@@ -75,8 +75,6 @@ __all__ = [
     "normprop",
     "normprop_mlp",
     "weight_norm_directions",
-    "angular_update",
-    "equilibrium_angular_update",
 ]
 
 _ORTHO_METHODS = ("eigh", "newton")
@@ -1099,51 +1097,6 @@ def weight_norm_directions(model: nn.Module) -> dict[str, torch.Tensor]:
                 key = f"{module_name}.{tensor_name}" if module_name else tensor_name
                 found[key] = chain.original1
     return found
-
-
-def angular_update(before: torch.Tensor, after: torch.Tensor) -> float:
-    r"""The angle in radians between two tensors seen as vectors.
-
-    For a scale-invariant weight this is the step that matters: the loss sees
-    only the direction. Computed as :math:`2 \arctan(\|\hat a - \hat b\| / \|\hat a + \hat b\|)`,
-    accurate for tiny angles (unlike ``arccos``).
-
-    Example:
-        >>> round(angular_update(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])), 4)
-        0.7854
-    """
-    a = before.detach().flatten().double()
-    b = after.detach().flatten().double()
-    a, b = a / a.norm(), b / b.norm()
-    return float(2 * torch.atan2((a - b).norm(), (a + b).norm()))
-
-
-def equilibrium_angular_update(lr: float, weight_decay: float) -> float:
-    r"""The angular update per SGD step of a scale-invariant weight whose norm is stationary.
-
-    SGD with weight decay maps :math:`v \mapsto (1 - \eta\lambda) v - \eta \nabla`
-    with :math:`\nabla \perp v`. If :math:`\|v\|` does not change, then
-    :math:`\cos\theta = 1 - \eta\lambda`, i.e.
-    :math:`\tan\theta = \sqrt{\eta\lambda (2 - \eta\lambda)} / (1 - \eta\lambda) \approx \sqrt{2\eta\lambda}`,
-    whatever the gradient's size (van Laarhoven, 2017; Wan et al., 2021).
-
-    Args:
-        lr: :math:`\eta`.
-        weight_decay: :math:`\lambda`, with :math:`0 < \eta\lambda < 1`.
-
-    Returns:
-        float: :math:`\theta` in radians.
-
-    Example:
-        >>> round(equilibrium_angular_update(0.1, 5e-4), 5)
-        0.01
-    """
-    _check_positive_float(lr, "lr")
-    _check_positive_float(weight_decay, "weight_decay")
-    x = lr * weight_decay
-    if x >= 1:
-        raise ValueError(f"lr * weight_decay must be below 1, got {x!r}")
-    return math.acos(1.0 - x)
 
 
 # -------------------------------------------------------------------------- registry

@@ -471,15 +471,6 @@ def test_weight_norm_directions_finds_the_directions_of_weight_normalized_layers
     assert found["0.weight"] is net[0].parametrizations.weight.original1
 
 
-def test_angular_update_is_accurate_for_large_and_tiny_angles():
-    a = torch.tensor([1.0, 0.0], dtype=DT)
-    assert abs(nw.angular_update(a, torch.tensor([0.0, 3.0], dtype=DT)) - math.pi / 2) < 1e-15
-    assert abs(nw.angular_update(a, torch.tensor([-2.0, 0.0], dtype=DT)) - math.pi) < 1e-15
-    tiny = 1e-9
-    b = torch.tensor([math.cos(tiny), math.sin(tiny)], dtype=DT)
-    assert abs(nw.angular_update(a, 5 * b) / tiny - 1) < 1e-6
-
-
 def test_sgd_on_a_scale_invariant_weight_grows_its_norm_by_pythagoras():
     torch.manual_seed(0)
     layer = nw.weight_norm(nn.Linear(6, 4).to(DT))
@@ -494,21 +485,3 @@ def test_sgd_on_a_scale_invariant_weight_grows_its_norm_by_pythagoras():
         opt.step()
         expected = before.norm() ** 2 + 0.3**2 * grad.norm() ** 2
         assert abs(float(v.detach().norm() ** 2 / expected) - 1) < 1e-13
-
-
-def test_equilibrium_angular_update_is_reached_by_sgd_with_weight_decay_on_a_sphere():
-    # v -> (1 - lr wd) v - lr g with g orthogonal to v and |g| = c / |v| (scale invariance):
-    # whatever c and the start, the angle per step settles at the predicted value.
-    g = torch.Generator().manual_seed(0)
-    lr, wd = 0.5, 0.02
-    v = 10 * torch.randn(50, generator=g, dtype=DT)
-    for _ in range(2000):
-        d = torch.randn(50, generator=g, dtype=DT)
-        d -= (d @ v) / (v @ v) * v
-        new = (1 - lr * wd) * v - lr * d / d.norm() * 0.7 / v.norm()
-        angle = nw.angular_update(v, new)
-        v = new
-    assert abs(angle / nw.equilibrium_angular_update(lr, wd) - 1) < 1e-3
-    assert abs(nw.equilibrium_angular_update(lr, wd) / math.sqrt(2 * lr * wd) - 1) < 0.01
-    with pytest.raises(ValueError, match="below 1"):
-        nw.equilibrium_angular_update(10.0, 0.5)
