@@ -12,6 +12,9 @@ whitening, recovery, multi-mode"):
   (``(N, C)``) or per sample and position (``(N, C, *)``); everything below is
   a way of choosing them.
 - :func:`adain` (Huang and Belongie, 2017): the statistics of a style input.
+- :class:`MatrixAffine` and :func:`whitening_coloring` (Li et al., 2017): the
+  second-order version, ``Sigma_B^{1/2} Sigma_A^{-1/2} (x - mu_A) + mu_B``, which
+  removes a covariance and adds another one.
 - :class:`SPADE` (Park et al., 2019): per-pixel ``gamma`` and ``beta`` predicted from a
   segmentation map.
 - :class:`AttentiveNorm` (Li et al., 2020): a mixture of ``K`` affine transforms
@@ -42,6 +45,7 @@ from torch import Tensor, nn
 from normlib.framework import INSTANCE, Partition, Standardize, compute_dtype, normalize
 from normlib.functional import check_input
 from normlib.registry import create_norm, register_norm
+from normlib.whitening import Whiten, covariance, inverse_sqrt_symmetric
 
 __all__ = [
     "SampleAffine",
@@ -49,6 +53,8 @@ __all__ = [
     "instance_statistics",
     "adain",
     "AdaIN",
+    "MatrixAffine",
+    "whitening_coloring",
     "SPADE",
     "AttentiveNorm",
     "ConditionalBatchNorm",
@@ -243,6 +249,103 @@ class AdaIN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
+
+
+@dataclass
+class MatrixAffine:
+    """NRR ``Psi``: ``A xhat + b`` with a full ``C x C`` matrix mixing the channels.
+
+    The second-order counterpart of :class:`SampleAffine`: after a whitening
+    NOP has removed a covariance, ``A`` with ``A A^T = Sigma_B`` adds the
+    covariance ``Sigma_B`` (coloring). Works with partitions that keep one
+    channel per group (``INSTANCE``, ``BATCH``), whose view is ``(N, C, 1, S)``.
+
+    Args:
+        matrix: ``A`` of shape ``(C, C)`` or ``(N, C, C)`` (one per sample).
+        bias: ``b`` of shape ``(C,)`` or ``(N, C)``, or ``None``.
+
+    Example:
+        >>> from normlib.framework import INSTANCE, Standardize, normalize
+        >>> swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+        >>> y = normalize(torch.randn(1, 2, 8), INSTANCE, Standardize(), MatrixAffine(swap))
+        >>> y.shape
+        torch.Size([1, 2, 8])
+    """
+
+    matrix: Tensor
+    bias: Tensor | None = None
+
+    def __call__(self, xv: Tensor, partition: Partition) -> Tensor:
+        if xv.shape[2] != 1:
+            raise ValueError(
+                f"MatrixAffine mixes channels and needs a partition with one channel per group "
+                f"(INSTANCE or BATCH), got the {partition.name!r} view of shape {tuple(xv.shape)}"
+            )
+        c = xv.shape[1]
+        if self.matrix.shape[-2:] != (c, c) or self.matrix.dim() not in (2, 3):
+            raise ValueError(
+                f"matrix must have shape ({c}, {c}) or (N, {c}, {c}), got {tuple(self.matrix.shape)}"
+            )
+        a = self.matrix.to(xv.dtype)
+        spec = "cd,nds->ncs" if a.dim() == 2 else "ncd,nds->ncs"
+        out = torch.einsum(spec, a, xv[:, :, 0]).unsqueeze(2)
+        if self.bias is not None:
+            b = self.bias.to(xv.dtype)
+            out = out + (b.unsqueeze(0) if b.dim() == 1 else b).reshape(-1, xv.shape[1], 1, 1)
+        return out
+
+
+def whitening_coloring(content: Tensor, style: Tensor, eps: float = 1e-5) -> Tensor:
+    """Whitening and coloring transform (Li et al., 2017): give ``content`` the covariance of ``style``.
+
+    Per sample, with ``mu``, ``Sigma`` the mean and covariance of the ``C``
+    channels over the spatial positions:
+    ``y = Sigma_s (Sigma_s + eps I)^{-1/2} (Sigma_c + eps I)^{-1/2} (x - mu_c) + mu_s``.
+    ZCA instance whitening (NOP :class:`normlib.whitening.Whiten` on the
+    ``INSTANCE`` partition) removes the content's covariance and
+    :class:`MatrixAffine` adds the style's: the output covariance is
+    ``Sigma_s`` up to terms of relative size ``eps / lambda_min``. AdaIN is
+    the special case that keeps only the diagonals.
+
+    Args:
+        content: ``(N, C, *)``, with more positions than channels.
+        style: ``(N, C, **)`` or ``(1, C, **)``, with more positions than channels.
+        eps: added to both covariance diagonals.
+
+    Returns:
+        a tensor like ``content``.
+
+    Raises:
+        ValueError: if the channels or batch sizes do not match, or an input
+            has no more spatial positions than channels.
+
+    Example:
+        >>> content = torch.randn(1, 3, 400, dtype=torch.float64)
+        >>> style = torch.randn(1, 3, 300, dtype=torch.float64) * torch.tensor([[[1.0], [2.0], [3.0]]])
+        >>> y = whitening_coloring(content, style, eps=1e-12)
+        >>> bool(torch.allclose(torch.cov(y[0], correction=0), torch.cov(style[0], correction=0)))
+        True
+    """
+    check_input(content, name="content", min_dim=3)
+    check_input(style, name="style", min_dim=3)
+    if style.shape[1] != content.shape[1] or style.shape[0] not in (1, content.shape[0]):
+        raise ValueError(
+            f"style has shape {tuple(style.shape)} but content has {tuple(content.shape)}; "
+            "style needs the same channels and a batch of 1 or of the content's size"
+        )
+    c = content.shape[1]
+    for name, t in (("content", content), ("style", style)):
+        if t[0, 0].numel() <= c:
+            raise ValueError(
+                f"{name} has {t[0, 0].numel()} positions per channel, too few to estimate a {c}x{c} "
+                f"covariance; it needs more than {c}"
+            )
+    style_rows = INSTANCE.to_matrix(INSTANCE.view(style).to(compute_dtype(style.dtype)))
+    mean_s, cov_s = covariance(style_rows)
+    eye = torch.eye(c, dtype=cov_s.dtype, device=cov_s.device)
+    coloring = cov_s @ inverse_sqrt_symmetric(cov_s + eps * eye, eps)
+    return normalize(content, INSTANCE, Whiten("zca", eps=eps),
+                     MatrixAffine(coloring, mean_s.squeeze(-1)))
 
 
 def _check_positive_int(value, name: str) -> None:

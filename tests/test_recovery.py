@@ -287,3 +287,58 @@ def test_recovery_layers_reset_their_parameters():
     assert torch.equal(cbn.weight, torch.ones(3, 4)) and torch.equal(cbn.bias, torch.zeros(3, 4))
     an = R.AttentiveNorm(64, num_mixtures=4)
     assert abs(float(an.weight.detach().mean()) - 1) < 0.05 and abs(float(an.bias.detach().mean())) < 0.05
+
+
+# --------------------------------------------------------------------------- whitening and coloring
+
+
+def test_whitening_coloring_output_has_the_style_mean_and_covariance():
+    content = maps((2, 3, 9, 9))
+    mix = torch.tensor([[2.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.4, 0.0, 0.7]], dtype=DT)
+    style = torch.einsum("cd,nd...->nc...", mix, maps((2, 3, 7, 7), seed=1)) + 4.0
+    eps = 1e-6
+    y = R.whitening_coloring(content, style, eps=eps)
+    for n in range(2):
+        cov_s = torch.cov(style[n].reshape(3, -1), correction=0)
+        cov_y = torch.cov(y[n].reshape(3, -1), correction=0)
+        # the residual of both whitening steps is of relative size eps / lambda_min
+        bound = 4 * eps / float(torch.linalg.eigvalsh(cov_s).min().clamp_max(
+            torch.linalg.eigvalsh(torch.cov(content[n].reshape(3, -1), correction=0)).min()))
+        assert float(((cov_y - cov_s).abs() / cov_s.abs().max()).max()) <= bound
+        torch.testing.assert_close(y[n].reshape(3, -1).mean(1), style[n].reshape(3, -1).mean(1), **TOL)
+
+
+def test_whitening_coloring_equals_a_reference_formula():
+    content, style, eps = maps((1, 3, 6, 6)), maps((1, 3, 5, 5), seed=2), 1e-4
+    xc = content[0].reshape(3, -1)
+    sc = style[0].reshape(3, -1)
+    cov_c, cov_s = torch.cov(xc, correction=0), torch.cov(sc, correction=0)
+    lam_c, vec_c = torch.linalg.eigh(cov_c + eps * torch.eye(3, dtype=DT))
+    lam_s, vec_s = torch.linalg.eigh(cov_s + eps * torch.eye(3, dtype=DT))
+    whiten = vec_c @ torch.diag(lam_c.rsqrt()) @ vec_c.T
+    color = cov_s @ vec_s @ torch.diag(lam_s.rsqrt()) @ vec_s.T
+    expected = color @ whiten @ (xc - xc.mean(1, keepdim=True)) + sc.mean(1, keepdim=True)
+    torch.testing.assert_close(R.whitening_coloring(content, style, eps)[0].reshape(3, -1), expected,
+                               atol=1e-9, rtol=1e-9)
+
+
+def test_matrix_affine_with_a_diagonal_matrix_equals_sample_affine():
+    x, gamma, beta = maps((2, 3, 4, 4)), maps((2, 3), seed=1), maps((2, 3), seed=2)
+    y = normalize(x, INSTANCE, Standardize(), R.MatrixAffine(torch.diag_embed(gamma), beta))
+    torch.testing.assert_close(y, normalize(x, INSTANCE, Standardize(), R.SampleAffine(gamma, beta)), **TOL)
+    with pytest.raises(ValueError, match="one channel per group"):
+        normalize(x, LAYER, Standardize(), R.MatrixAffine(torch.eye(3, dtype=DT)))
+
+
+def test_whitening_coloring_gradcheck_and_errors():
+    content, style = maps((1, 2, 3, 3)).requires_grad_(), maps((1, 2, 3, 3), seed=1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda c, s: R.whitening_coloring(c, s, 1e-3), (content, style))
+    with pytest.raises(ValueError, match="too few to estimate a 3x3 covariance"):
+        R.whitening_coloring(torch.randn(1, 3, 3), torch.randn(1, 3, 9))
+    with pytest.raises(ValueError, match="style needs the same channels"):
+        R.whitening_coloring(torch.randn(1, 3, 9), torch.randn(1, 2, 9))
+
+
+def test_matrix_affine_rejects_a_matrix_of_the_wrong_size():
+    with pytest.raises(ValueError, match=r"matrix must have shape \(3, 3\) or \(N, 3, 3\), got \(2, 2\)"):
+        normalize(maps((2, 3, 4)), INSTANCE, Standardize(), R.MatrixAffine(torch.eye(2, dtype=DT)))
