@@ -6,9 +6,11 @@ For each layer and shape, three modules run interleaved in one process: torch's
 own layer, normlib's layer on its default path (torch's kernel where the
 configuration matches) and normlib's layer on the pure framework path
 (partition -> standardize -> affine in plain tensor operations). Each
-measurement is ``--inner`` forward+backward passes; the reported time is the
-median over ``--repeats`` rounds, whose order is rotated every round so that
-drift of a shared machine hits all three alike. A ratio of 1.00 means as fast
+measurement is ``--inner`` forward+backward passes, and the order of the three
+is rotated every round so that drift of a shared machine hits all alike. The
+reported times and ratios are medians over ``--repeats`` rounds; the ratio of
+the minima is printed in parentheses (on a busy shared machine neither is exact,
+and the two together show how noisy the run was). A ratio of 1.00 means as fast
 as torch.
 """
 
@@ -55,19 +57,20 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--inner", type=int, default=None,
-                        help="passes per measurement (default: 20 on GPU, 3 on CPU)")
+                        help="passes per measurement (default: 20 on GPU, 5 on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     device = torch.device(args.device)
-    inner = args.inner or (20 if device.type == "cuda" else 3)
+    inner = args.inner or (20 if device.type == "cuda" else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}, float32, threads "
-          f"{torch.get_num_threads()}, {args.repeats} rounds x {inner} passes, median")
+          f"{torch.get_num_threads()}, {args.repeats} rounds x {inner} passes; "
+          "times are medians, ratios median (min)")
     header = (f"{'layer':<5} {'shape (N, C, H, W)':<20} {'torch ms':>9} {'default ms':>11} "
-              f"{'framework ms':>13} {'default/torch':>14} {'framework/torch':>16}")
+              f"{'framework ms':>13} {'default/torch':>16} {'framework/torch':>18}")
     print(header)
     print("-" * len(header))
     for shape in SHAPES:
@@ -83,9 +86,11 @@ def main() -> None:
                     i = (k + r) % 3
                     times[i].append(measure(modules[i], x, grad, inner))
             t_torch, t_default, t_framework = (statistics.median(t) * 1e3 for t in times)
+            m_torch, m_default, m_framework = (min(t) for t in times)
+            default_ratio = f"{t_default / t_torch:.2f} ({m_default / m_torch:.2f})"
+            framework_ratio = f"{t_framework / t_torch:.2f} ({m_framework / m_torch:.2f})"
             print(f"{layer_name:<5} {str(shape):<20} {t_torch:9.3f} {t_default:11.3f} "
-                  f"{t_framework:13.3f} {t_default / t_torch:14.2f} "
-                  f"{t_framework / t_torch:16.2f}")
+                  f"{t_framework:13.3f} {default_ratio:>16} {framework_ratio:>18}")
 
 
 if __name__ == "__main__":
