@@ -2,6 +2,7 @@
 
 Commands:
     info      the library version, device, size preset and registered normalizers.
+    diagnose  a model's three properties at initialization, with verdicts (normlib.diagnose).
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def _info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # `python -m normlib` runs this file as __main__: alias it so that modules registering
+    # commands with `from normlib.__main__ import command` reach this COMMANDS.
+    sys.modules.setdefault("normlib.__main__", sys.modules[__name__])
     import normlib  # noqa: F401  (sub-commands register themselves on import)
+    import normlib.diagnose  # noqa: F401
 
     parser = argparse.ArgumentParser(prog="python -m normlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")

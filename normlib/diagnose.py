@@ -1,0 +1,499 @@
+"""Diagnose a normalized network at initialization: the three properties and a verdict for each.
+
+:cite:t:`lubana2021beyond` identify three properties of a randomly initialized network that
+predict whether a normalizer trains well. :func:`diagnose` measures each with the probes of
+:mod:`normlib.propagation` (one forward and one backward pass, the model left as found) and
+gives a verdict with the chapter to read:
+
+=====================  =========================================================  ===================
+property               metric                                                     failure
+=====================  =========================================================  ===================
+stable forward         ``variance_growth``: activation variance at the last       exploding variance
+                       probed layer over that at the first; with its per-layer
+                       geometric rate ``variance_rate``
+informative forward    ``similarity``: mean cosine similarity of different        similar activations
+                       samples at the last probed layer (``stable_rank`` too)
+stable backward        ``gradient_ratio``: weight-gradient norm of the first      exploding early
+                       layer over that of the last layer                          gradients
+=====================  =========================================================  ===================
+
+Verdicts are ``ok``, ``warning`` or ``failure``; the limits are the fields of
+:class:`Thresholds`. Variance that grows by a factor above ``explosion_ratio`` at a geometric
+rate above ``explosion_rate`` per layer is exponential growth, the failure of unnormalized and
+weight-normalized ResNets (a normalized ResNet grows only linearly). Similarity near 1 means
+that the last layer can hardly tell inputs apart (LayerNorm, large groups). A first-layer
+gradient many times the last one is the gradient explosion of Instance Normalization and small
+groups. When a residual network's branches start at zero (SkipInit) their weights receive no
+gradient at initialization; the ratio of the gradients with respect to the activations
+(``grad_norm``) is used instead, and the metric's name says so.
+
+The command line ``python -m normlib diagnose --model resnet --depth 56 --norm gn
+--group-size 8`` prints the table for a model of :mod:`normlib.models` on a batch of the
+embedded digits. :func:`spearman` measures how well such metrics rank training outcomes
+(chapter "Training map", ``chapters/training_map.md``).
+
+Example:
+    >>> import torch
+    >>> from normlib.models import resnet56
+    >>> from normlib.diagnose import diagnose
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> d = diagnose(resnet56(width=4, norm=None, in_channels=1), torch.randn(16, 1, 8, 8))
+    >>> d.verdicts["stable forward"]
+    'failure'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import pandas as pd
+import torch
+from torch import nn
+
+from normlib.__main__ import command
+from normlib.propagation import probe
+
+__all__ = [
+    "PROPERTIES",
+    "STATUSES",
+    "Thresholds",
+    "Check",
+    "Diagnosis",
+    "init_metrics",
+    "judge",
+    "diagnose",
+    "diagnose_config",
+    "spearman",
+]
+
+#: The three properties, with the chapter that explains each.
+PROPERTIES = {
+    "stable forward": ("Stable forward propagation", "chapters/forward_stable"),
+    "informative forward": ("Informative forward propagation", "chapters/forward_informative"),
+    "stable backward": ("Stable backward propagation", "chapters/backward_stable"),
+}
+STATUSES = ("ok", "warning", "failure")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The limits of the verdicts (defaults calibrated on the book's CNNs and ResNets).
+
+    Args:
+        explosion_ratio: variance growth (last over first layer) above which, together with
+            ``explosion_rate``, the forward pass explodes (growth without that rate is the
+            linear growth of a normalized ResNet, and is fine).
+        explosion_rate: geometric growth per probed layer above which growth is exponential.
+        vanishing_ratio: variance growth below this is a warning (the signal fades).
+        similarity_warning: mean cosine similarity at the last layer above this: warning.
+        similarity_failure: above this: failure.
+        gradient_warning: first-over-last gradient ratio above this: warning.
+        gradient_failure: above this: failure.
+
+    Raises:
+        ValueError: if a limit is not positive or a warning limit exceeds its failure limit.
+    """
+
+    explosion_ratio: float = 10.0
+    explosion_rate: float = 1.25
+    vanishing_ratio: float = 0.01
+    similarity_warning: float = 0.85
+    similarity_failure: float = 0.95
+    gradient_warning: float = 3.0
+    gradient_failure: float = 10.0
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{f.name} must be a positive number, got {value!r}")
+        if self.similarity_warning > self.similarity_failure:
+            raise ValueError(f"similarity_warning={self.similarity_warning} exceeds "
+                             f"similarity_failure={self.similarity_failure}")
+        if self.gradient_warning > self.gradient_failure:
+            raise ValueError(f"gradient_warning={self.gradient_warning} exceeds "
+                             f"gradient_failure={self.gradient_failure}")
+
+
+@dataclass(frozen=True)
+class Check:
+    """The verdict on one property.
+
+    Attributes:
+        property: ``"stable forward"``, ``"informative forward"`` or ``"stable backward"``.
+        metric: what was measured, in words.
+        value: the measured value.
+        status: ``"ok"``, ``"warning"`` or ``"failure"``.
+        verdict: the finding in a few words (``"exploding variance"``).
+        chapter: the title of the chapter that explains it.
+        path: that chapter's source file (without ``.md``).
+    """
+
+    property: str
+    metric: str
+    value: float
+    status: str
+    verdict: str
+    chapter: str
+    path: str
+
+
+@dataclass
+class Diagnosis:
+    """The result of :func:`diagnose`.
+
+    Attributes:
+        checks: one :class:`Check` per property.
+        metrics: the numbers behind them (see :func:`init_metrics`).
+        layers: the per-layer table of :func:`normlib.propagation.probe`.
+        mode: ``"train"`` (batch statistics) or ``"eval"`` (running statistics).
+        description: what was diagnosed, for the printed header.
+    """
+
+    checks: list[Check]
+    metrics: dict[str, float]
+    layers: pd.DataFrame
+    mode: str
+    description: str = ""
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        """``{property: status}``."""
+        return {c.property: c.status for c in self.checks}
+
+    @property
+    def ok(self) -> bool:
+        """Whether every property is ``ok``."""
+        return all(c.status == "ok" for c in self.checks)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The checks as a table, one row per property."""
+        return pd.DataFrame([asdict(c) for c in self.checks])
+
+    def __str__(self) -> str:
+        head = [self.description] if self.description else []
+        mode = "batch statistics" if self.mode == "train" else "running statistics"
+        head.append(f"measured at initialization in {self.mode} mode ({mode}), "
+                    f"{len(self.layers)} probed layers")
+        rows = [("property", "metric", "value", "verdict", "read")]
+        for c in self.checks:
+            rows.append((c.property, c.metric, f"{c.value:.3g}", f"{c.status}: {c.verdict}",
+                         f"{c.chapter} ({c.path}.md)"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(head + [""] + lines)
+
+
+def _last_nonzero(values: Sequence[float]) -> int | None:
+    for i in range(len(values) - 1, -1, -1):
+        if values[i] > 0 and math.isfinite(values[i]):
+            return i
+    return None
+
+
+def init_metrics(layers: pd.DataFrame) -> dict[str, float]:
+    """The diagnosis's numbers from a per-layer probe table (rows in forward order).
+
+    Returns:
+        dict: ``variance_growth`` (last over first layer's activation variance),
+        ``variance_rate`` (its geometric mean per layer), ``similarity`` and ``stable_rank``
+        of the last layer, ``gradient_ratio`` (first over last layer's weight-gradient norm;
+        the activation-gradient ratio when the last layers get no weight gradient) and
+        ``gradient_of_activations`` (1.0 when that fallback was used, else 0.0).
+
+    Raises:
+        ValueError: if the table has fewer than two layers or lacks a column.
+    """
+    needed = {"variance", "cosine_similarity", "stable_rank", "grad_norm", "weight_grad_norm"}
+    missing = needed - set(layers.columns)
+    if missing:
+        raise ValueError(f"layers lacks the columns {sorted(missing)}; probe with backward=True")
+    if len(layers) < 2:
+        raise ValueError(f"need at least two probed layers to compare, got {len(layers)}")
+    var = layers["variance"].to_numpy(dtype=float)
+    growth = var[-1] / var[0] if var[0] > 0 else math.inf
+    rate = growth ** (1.0 / (len(var) - 1)) if math.isfinite(growth) else math.inf
+    wgrad = layers["weight_grad_norm"].to_numpy(dtype=float)
+    last = _last_nonzero(wgrad)
+    fallback = last is None or last < len(wgrad) - 1 or not wgrad[0] > 0
+    if fallback:
+        agrad = layers["grad_norm"].to_numpy(dtype=float)
+        ratio = agrad[0] / agrad[-1] if agrad[-1] > 0 else math.inf
+    else:
+        ratio = wgrad[0] / wgrad[-1]
+    return {
+        "variance_growth": float(growth),
+        "variance_rate": float(rate),
+        "similarity": float(layers["cosine_similarity"].iloc[-1]),
+        "stable_rank": float(layers["stable_rank"].iloc[-1]),
+        "gradient_ratio": float(ratio),
+        "gradient_of_activations": 1.0 if fallback else 0.0,
+    }
+
+
+def _check(prop: str, metric: str, value: float, status: str, verdict: str) -> Check:
+    chapter, path = PROPERTIES[prop]
+    return Check(prop, metric, value, status, verdict, chapter, path)
+
+
+def judge(metrics: dict[str, float], thresholds: Thresholds | None = None) -> list[Check]:
+    """The three :class:`Check` verdicts for metrics from :func:`init_metrics`.
+
+    Example:
+        >>> checks = judge({"variance_growth": 5e3, "variance_rate": 1.4, "similarity": 0.5,
+        ...                 "stable_rank": 3.0, "gradient_ratio": 1.0,
+        ...                 "gradient_of_activations": 0.0})
+        >>> [(c.property, c.status) for c in checks]  # doctest: +NORMALIZE_WHITESPACE
+        [('stable forward', 'failure'), ('informative forward', 'ok'),
+         ('stable backward', 'ok')]
+    """
+    t = thresholds or Thresholds()
+    g, rate = metrics["variance_growth"], metrics["variance_rate"]
+    metric = "activation variance, last / first layer"
+    if g > t.explosion_ratio and rate > t.explosion_rate:
+        fwd = _check("stable forward", metric, g, "failure",
+                     f"exploding variance (x{rate:.2f} per layer)")
+    elif g > t.explosion_ratio:
+        # Linear growth with depth is what a normalized ResNet does; it trains.
+        fwd = _check("stable forward", metric, g, "ok", "stable (grows slower than exponentially)")
+    elif g < t.vanishing_ratio:
+        fwd = _check("stable forward", metric, g, "warning", "variance vanishes with depth")
+    else:
+        fwd = _check("stable forward", metric, g, "ok", "stable")
+
+    s = metrics["similarity"]
+    metric = "cosine similarity of samples, last layer"
+    if s > t.similarity_failure:
+        inf = _check("informative forward", metric, s, "failure", "samples are nearly parallel")
+    elif s > t.similarity_warning:
+        inf = _check("informative forward", metric, s, "warning", "samples are similar")
+    else:
+        inf = _check("informative forward", metric, s, "ok", "informative")
+
+    r = metrics["gradient_ratio"]
+    what = "activation" if metrics.get("gradient_of_activations", 0.0) else "weight"
+    metric = f"{what}-gradient norm, first / last layer"
+    if r > t.gradient_failure:
+        bwd = _check("stable backward", metric, r, "failure", "exploding early gradients")
+    elif r > t.gradient_warning:
+        bwd = _check("stable backward", metric, r, "warning", "early gradients grow")
+    else:
+        bwd = _check("stable backward", metric, r, "ok", "stable")
+    return [fwd, inf, bwd]
+
+
+def diagnose(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    *,
+    at="auto",
+    mode: str = "train",
+    thresholds: Thresholds | None = None,
+    description: str = "",
+) -> Diagnosis:
+    """Measure the three properties of ``model`` at its current weights and judge them.
+
+    Args:
+        model: any network; ``at`` says which layers to probe (default: the blocks of a
+            ResNet or the layers of a VGG or MLP, see :func:`normlib.propagation.probe_points`).
+            Left exactly as found.
+        inputs: one batch ``x: (N, *)``, ``N >= 2``.
+        targets: class indices ``(N,)`` for a cross-entropy loss; without them the backward
+            pass uses the squared output (see :func:`normlib.propagation.probe`).
+        at: the probed points (at least two).
+        mode: ``"train"`` (batch statistics, the regime of the theory) or ``"eval"``.
+        thresholds: the verdicts' limits.
+        description: a header line for the printed table.
+
+    Returns:
+        a :class:`Diagnosis`.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module`` or ``inputs`` not a tensor.
+        ValueError: for a batch of one sample, an unknown mode, or fewer than two probed layers.
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a tensor (N, *), got {type(inputs).__name__}")
+    if thresholds is not None and not isinstance(thresholds, Thresholds):
+        raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
+    layers = probe(model, inputs, targets, at=at, mode=mode, backward=True, include_input=False)
+    metrics = init_metrics(layers)
+    t = thresholds or Thresholds()
+    return Diagnosis(judge(metrics, t), metrics, layers, mode, description, t)
+
+
+def diagnose_config(config, *, data=None, device=None, thresholds: Thresholds | None = None,
+                    mode: str = "train") -> Diagnosis:
+    """Diagnose the network a :class:`normlib.train.TrainConfig` starts training from.
+
+    The model is built exactly as :func:`normlib.train.train` builds it for ``config.seed``
+    (same initial weights), and probed on the first ``config.batch_size`` training samples of
+    ``config.dataset`` (standardized as for training), with their labels.
+
+    Args:
+        config: the run.
+        data: a :class:`normlib.data.Split`; default :func:`normlib.train.load_dataset`.
+        device: default :func:`normlib.device.default_device`.
+        thresholds: the verdicts' limits.
+        mode: ``"train"`` or ``"eval"``.
+
+    Raises:
+        TypeError: if ``config`` is not a ``TrainConfig``.
+        ValueError: if the dataset has fewer samples than the batch.
+    """
+    from normlib.device import default_device
+    from normlib.train import TrainConfig, build_model, load_dataset
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    data = data if data is not None else load_dataset(config.dataset)
+    device = torch.device(device) if device is not None else default_device()
+    if len(data.x_train) < config.batch_size:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {len(data.x_train)} "
+                         f"training samples of {data.name}")
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    x = data.x_train[:config.batch_size]
+    if config.model != "mlp" and x.dim() == 3:
+        x = x.unsqueeze(2)
+    torch.manual_seed(config.seed)
+    model = build_model(config, x.shape[1:], data.num_classes).to(device, dtype)
+    kwargs = ", ".join(f"{k}={v}" for k, v in sorted(config.norm_kwargs.items()))
+    description = (f"{config.architecture} (width {config.width}), norm={config.norm}"
+                   f"{f' ({kwargs})' if kwargs else ''}, {config.batch_size} {data.name} samples, "
+                   f"seed {config.seed}")
+    return diagnose(model, x.to(device, dtype), data.y_train[:config.batch_size].to(device),
+                    mode=mode, thresholds=thresholds, description=description)
+
+
+def _average_ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y``: Pearson's correlation of their ranks.
+
+    Ties get their average rank; ``inf`` ranks above every finite value (a diverged run's loss
+    ranks last). Returns ``nan`` when one of the two has a single distinct value.
+
+    Raises:
+        ValueError: for sequences of different lengths, fewer than 3 pairs, or a NaN.
+
+    Example:
+        >>> spearman([1, 2, 3, 4], [10, 20, 30, float("inf")])
+        1.0
+        >>> spearman([1, 2, 3], [3, 2, 1])
+        -1.0
+    """
+    xs, ys = [float(v) for v in x], [float(v) for v in y]
+    if len(xs) != len(ys):
+        raise ValueError(f"x and y must have the same length, got {len(xs)} and {len(ys)}")
+    if len(xs) < 3:
+        raise ValueError(f"need at least 3 pairs for a rank correlation, got {len(xs)}")
+    if any(math.isnan(v) for v in xs + ys):
+        raise ValueError("x and y must not contain NaN; drop those pairs first")
+    rx, ry = _average_ranks(xs), _average_ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return math.nan
+    return sxy / math.sqrt(sxx * syy)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+@command("diagnose", "diagnose a model at initialization: forward and backward stability, "
+                     "informative activations")
+def _diagnose_command(args) -> int:
+    import sys
+
+    from normlib.train import TrainConfig
+
+    prog = "python -m normlib diagnose"
+    norm_kwargs = {}
+    if args.group_size is not None and args.num_groups is not None:
+        print(f"{prog}: error: give --group-size or --num-groups, not both", file=sys.stderr)
+        return 2
+    if args.group_size is not None:
+        norm_kwargs["group_size"] = args.group_size
+    if args.num_groups is not None:
+        norm_kwargs["num_groups"] = args.num_groups
+    try:
+        config = TrainConfig(model=args.model, depth=args.depth, width=args.width, norm=args.norm,
+                             norm_kwargs=norm_kwargs, skipinit=args.skipinit, dataset=args.data,
+                             batch_size=args.batch_size, seed=args.seed)
+        result = diagnose_config(config, mode=args.mode)
+    except TypeError as err:
+        if norm_kwargs and "unexpected keyword" in str(err):
+            print(f"{prog}: error: --group-size/--num-groups do not apply to --norm {args.norm} "
+                  f"(use a grouped normalizer such as gn)", file=sys.stderr)
+            return 2
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(result)
+    if args.layers:
+        cols = ["layer", "name", "variance", "cosine_similarity", "stable_rank", "grad_norm",
+                "weight_grad_norm"]
+        print()
+        print(result.layers[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    return 0
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _configure(parser) -> None:
+    from normlib.train import DATASETS, MODELS
+
+    parser.add_argument("--model", choices=MODELS, default="resnet", help="architecture (default resnet)")
+    parser.add_argument("--depth", type=_positive, default=20,
+                        help="VGG: convolutions; ResNet: 6n+2; MLP: hidden layers (default 20)")
+    parser.add_argument("--width", type=_positive, default=16,
+                        help="channels of the first stage (default 16)")
+    parser.add_argument("--norm", default="bn",
+                        help="a registered normalizer, e.g. bn, ln, in, gn, wn, sws, none (default bn)")
+    parser.add_argument("--group-size", type=_positive, default=None, help="channels per group (gn)")
+    parser.add_argument("--num-groups", type=_positive, default=None, help="number of groups (gn)")
+    parser.add_argument("--skipinit", action="store_true", help="ResNet: zero-initialized branch scalars")
+    parser.add_argument("--data", choices=DATASETS, default="digits",
+                        help="batch source (default digits; cifar needs the archive on disk)")
+    parser.add_argument("--batch-size", type=_positive, default=64, help="samples in the batch (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
+    parser.add_argument("--mode", choices=("train", "eval"), default="train",
+                        help="normalize with batch statistics (train, default) or running ones")
+    parser.add_argument("--layers", action="store_true", help="also print the per-layer table")
+
+
+_diagnose_command.configure = _configure
