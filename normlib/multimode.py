@@ -697,7 +697,7 @@ class SwitchableWhitening(NormLayer):
             nn.init.zeros_(self.cov_logits)
 
     def mixture(self) -> dict[str, Tensor]:
-        """The current weights ``{"mean": ..., "cov": ...}`` over :attr:`modes`."""
+        """The current weights ``{"mean": ..., "cov": ...}`` over ``modes``."""
         return {"mean": self.mean_logits.detach().softmax(0),
                 "cov": self.cov_logits.detach().softmax(0)}
 

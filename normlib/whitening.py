@@ -11,15 +11,11 @@ Every whitening matrix is ``Q (Sigma + eps I)^{-1/2}`` for some orthogonal ``Q``
 the methods differ in ``Q`` and in how they compute it (chapter "Review II:
 whitening, recovery, multi-mode"):
 
-==============  ========================================  ==========================================
-method          whitening matrix ``G``                     reference
-==============  ========================================  ==========================================
-``zca``         ``D Lambda^{-1/2} D^T``                    Huang et al. (2018), decorrelated BN
-``pca``         ``Lambda^{-1/2} D^T`` (rows by variance)  Desjardins et al. (2015)
-``cholesky``    ``L^{-1}`` with ``L L^T = Sigma + eps I``  Siarohin et al. (2019)
-``iternorm``    ``T`` Newton steps on ``Sigma / tr Sigma``  Huang et al. (2019)
-``standardize`` ``diag(Sigma + eps I)^{-1/2}``             BatchNorm as a special case
-==============  ========================================  ==========================================
+- ``zca``: ``G = D Lambda^{-1/2} D^T`` (decorrelated BN, Huang et al., 2018);
+- ``pca``: ``G = Lambda^{-1/2} D^T``, rows ordered by variance (Desjardins et al., 2015);
+- ``cholesky``: ``G = L^{-1}`` with ``L L^T = Sigma + eps I`` (Siarohin et al., 2019);
+- ``iternorm``: ``T`` Newton steps on ``Sigma / tr Sigma`` (IterNorm, Huang et al., 2019);
+- ``standardize``: ``G = diag(Sigma + eps I)^{-1/2}``, BatchNorm as a special case.
 
 (``Sigma + eps I = D Lambda D^T``.) Whitening ``d`` channels costs ``O(d^3)``, so
 the ``d`` rows are split into contiguous groups of ``group_size`` whitened
@@ -631,7 +627,7 @@ class BatchWhitening(NormLayer):
 
     See :func:`batch_whitening` for the computation. Registered as ``"zca"``
     (alias ``"dbn"``, decorrelated BN), ``"pca"``, ``"cholesky"`` (alias
-    ``"cd"``) and ``"iternorm"``; through :func:`normlib.create_norm` the group
+    ``"cd"``) and ``"iternorm"``; through :func:`normlib.registry.create_norm` the group
     size defaults to the largest divisor of ``C`` that is at most 16 (64 for
     IterNorm, as in its paper).
 
@@ -711,7 +707,7 @@ class GroupWhitening(NormLayer):
     """Group Whitening (Huang et al., 2021): per-sample whitening of ``G`` channel groups.
 
     See :func:`group_whitening`. Registered as ``"gw"``; through
-    :func:`normlib.create_norm` ``num_groups`` defaults to the largest divisor
+    :func:`normlib.registry.create_norm` ``num_groups`` defaults to the largest divisor
     of ``C`` that is at most 16.
 
     Args:
