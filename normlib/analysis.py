@@ -382,7 +382,7 @@ def scale_dynamics(
             with torch.no_grad():
                 shape = model(x).shape
             gen = torch.Generator().manual_seed(seed)
-            output_grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+            output_grad = torch.randn(shape, generator=gen, dtype=torch.float64).to(x.device)
         ones = torch.ones_like(a)
         base = _layer_quantities(model, x, chosen, ones.tolist(), output_grad, loss_fn)
         new = _layer_quantities(model, x, chosen, a.tolist(), output_grad, loss_fn)
@@ -987,10 +987,11 @@ def _outputs_in_batches(data, indices, batch_size, method, num_batches, eps, ite
     # The top B - 1 of M - 1 uniform keys are a uniform random subset (cheaper than a sort).
     keys = torch.rand(n * num_batches, m - 1, generator=generator)
     others = keys.topk(batch_size - 1, dim=1).indices.reshape(n, num_batches, batch_size - 1)
-    own = indices.reshape(n, 1, 1)
+    own = indices.cpu().reshape(n, 1, 1)
     others = others + (others >= own).long()  # skip the sample itself
     rows = torch.cat([own.expand(n, num_batches, 1), others], dim=2)
-    out = _normalize_batches(data[rows.reshape(n * num_batches, batch_size)], method, eps, iterations)
+    rows = rows.reshape(n * num_batches, batch_size).to(data.device)
+    out = _normalize_batches(data[rows], method, eps, iterations)
     return out[:, 0].reshape(n, num_batches, d)
 
 
@@ -1276,7 +1277,8 @@ def train_inference_discrepancy(
     if method != "bn":
         kwargs.update(group_size=d, iterations=iterations)
     kwargs.update(layer_kwargs or {})
-    layer = create_norm(_WHITENING_NAME.get(method, method), d, **kwargs).to(data.dtype).train()
+    layer = create_norm(_WHITENING_NAME.get(method, method), d, **kwargs)
+    layer = layer.to(device=data.device, dtype=data.dtype).train()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _ in range(num_updates):
