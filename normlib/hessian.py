@@ -25,6 +25,8 @@ parameter vector and a second derivative of the gradient. On top of it:
 - :func:`layer_second_moments`: per linear layer, the second moments of its inputs
   :math:`\\Sigma_x` and of its output gradients :math:`\\Sigma_{\\nabla h}`, the Kronecker factors
   of the layer's curvature block :cite:p:`martens2015optimizing`.
+- :func:`run_sgd`: (full-batch or minibatch) gradient descent on a copy of a model, to test
+  those thresholds.
 - :func:`condition_number` and :func:`learning_rate_thresholds`: :math:`\\kappa =
   \\lambda_{\\max} / \\lambda_{\\min}`, the step :math:`1/\\lambda_{\\max}` that is optimal along the
   sharpest direction and the step :math:`2/\\lambda_{\\max}` above which gradient descent diverges.
@@ -61,7 +63,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -89,6 +93,8 @@ __all__ = [
     "ConvergenceWarning",
     "layer_second_moments",
     "LayerMoments",
+    "run_sgd",
+    "SGDRun",
 ]
 
 _MODES = ("train", "eval")
@@ -150,9 +156,11 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
 
 
 def _progress(iterable, total: int, progress: bool | None, desc: str):
-    # None: tqdm decides (shown on a terminal, hidden in logs and book builds).
-    disable = None if progress is None else not progress
-    return tqdm(iterable, total=total, disable=disable, desc=desc, leave=False)
+    if progress is None:
+        # Automatic: on an interactive terminal only. Notebook kernels report a terminal too,
+        # and a bar per call would clutter every executed page; pass progress=True there.
+        progress = sys.stderr is not None and sys.stderr.isatty() and "ipykernel" not in sys.modules
+    return tqdm(iterable, total=total, disable=not progress, desc=desc, leave=False)
 
 
 def _is_batch(obj) -> bool:
@@ -476,7 +484,7 @@ def hessian_matrix(
         operator: a :class:`HessianOperator`.
         max_params: refuse models with more parameters (the matrix has :math:`P^2` entries and
             takes :math:`P` products).
-        progress: show a progress bar (None: only on a terminal).
+        progress: show a progress bar (None: only on an interactive terminal).
 
     Returns:
         ``(P, P)`` tensor, symmetric up to rounding.
@@ -652,7 +660,7 @@ def lanczos(
         start: start vector ``(n,)``; default a Rademacher vector drawn with ``seed``.
         seed: seed of the start vector and of restarts.
         keep_basis: keep :math:`Q_m` in the result.
-        progress: show a progress bar (None: only on a terminal).
+        progress: show a progress bar (None: only on an interactive terminal).
 
     Returns:
         a :class:`LanczosResult`.
@@ -810,7 +818,7 @@ def top_eigenpairs(
         max_iters: Lanczos steps in total (default ``min(n, max(100, 10 k))``), or power
             iterations per pair (default 1000).
         seed: seed of the start vectors.
-        progress: show a progress bar (None: only on a terminal).
+        progress: show a progress bar (None: only on an interactive terminal).
 
     Returns:
         an :class:`EigenResult`; a :class:`ConvergenceWarning` is issued if ``max_iters`` was
@@ -926,7 +934,7 @@ def hessian_trace(
         method: ``"hutchinson"`` or ``"hutch++"``.
         distribution: ``"rademacher"`` or ``"gaussian"`` probes.
         seed: seed of the probes.
-        progress: show a progress bar (None: only on a terminal).
+        progress: show a progress bar (None: only on an interactive terminal).
 
     Returns:
         a :class:`TraceEstimate`.
@@ -1302,3 +1310,114 @@ def layer_second_moments(model: nn.Module, loss_fn: Callable, batch, *, mode: st
         xin, gout = torch.cat(ins), torch.cat(outs)
         result.append(LayerMoments(name, xin.T @ xin / len(xin), gout.T @ gout / len(gout)))
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient descent on a copy
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SGDRun:
+    """The result of :func:`run_sgd`.
+
+    Attributes:
+        model: the trained copy (the original is untouched).
+        losses: ``(steps + 1,)`` float64: entry ``t < steps`` is the loss on step ``t``'s batch
+            before the step, the last entry the loss on all of ``data`` after the last step
+            (shorter when the run diverged).
+        diverged: the loss became non-finite or grew a trillion-fold, and the run stopped.
+    """
+
+    model: nn.Module
+    losses: torch.Tensor
+    diverged: bool
+
+
+def run_sgd(
+    model: nn.Module,
+    loss_fn: Callable,
+    data,
+    *,
+    lr: float,
+    steps: int,
+    batch_size: int | None = None,
+    momentum: float = 0.0,
+    seed: int = 0,
+) -> SGDRun:
+    """Gradient descent :math:`\\theta \\leftarrow \\theta - \\eta \\nabla L` on a deep copy of ``model``.
+
+    Full batch (``batch_size=None``): every step uses all of ``data``, so on a quadratic loss
+    the error along an eigenvector of eigenvalue :math:`\\lambda` is multiplied by exactly
+    :math:`1 - \\eta\\lambda` per step: the loss converges for :math:`\\eta < 2/\\lambda_{\\max}`
+    and diverges above. With ``batch_size``, minibatches are drawn without replacement from a
+    seeded shuffle, reshuffled every epoch. The copy is in train mode.
+
+    Args:
+        model: the network (not modified).
+        loss_fn: ``loss_fn(output, target)``, a scalar.
+        data: one batch ``(x, y)`` of tensors.
+        lr: the step size :math:`\\eta > 0`.
+        steps: number of steps.
+        batch_size: minibatch size, or None for full-batch gradient descent.
+        momentum: heavy-ball momentum of ``torch.optim.SGD``.
+        seed: seed of the minibatch order.
+
+    Returns:
+        an :class:`SGDRun`.
+
+    Raises:
+        ValueError: non-positive ``lr`` or ``batch_size``, negative ``steps``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> x = torch.eye(2, dtype=torch.float64) * torch.tensor([1.0, 2.0], dtype=torch.float64)
+        >>> model = nn.Linear(2, 1, bias=False).double()
+        >>> run = run_sgd(model, nn.MSELoss(), (x, torch.ones(2, 1, dtype=torch.float64)),
+        ...               lr=0.2, steps=200)
+        >>> run.diverged, round(float(run.losses[-1]), 8)
+        (False, 0.0)
+    """
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive float, got {lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if batch_size is not None:
+        _check_positive_int("batch_size", batch_size)
+    if not _is_batch(data):
+        raise TypeError(f"data must be one batch (x, y) of tensors, got {type(data).__name__}")
+    trained = copy.deepcopy(model).train()
+    x, y = data
+    device = next(trained.parameters()).device
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.SGD(trained.parameters(), lr=lr, momentum=momentum)
+    generator = torch.Generator().manual_seed(seed)
+    order, position = torch.randperm(len(x), generator=generator), 0
+    losses, diverged = [], False
+
+    def step_batch():
+        nonlocal order, position
+        if batch_size is None:
+            return x, y
+        if position + batch_size > len(x):
+            order, position = torch.randperm(len(x), generator=generator), 0
+        idx = order[position : position + batch_size].to(device)
+        position += batch_size
+        return x[idx], y[idx]
+
+    for t in range(steps + 1):
+        bx, by = step_batch() if t < steps else (x, y)
+        opt.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = loss_fn(trained(bx), by)
+        value = float(loss.detach())
+        losses.append(value)
+        if not math.isfinite(value) or value > 1e12 * max(abs(losses[0]), 1e-12):
+            diverged = True
+            break
+        if t < steps:
+            loss.backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
+    return SGDRun(trained, torch.tensor(losses, dtype=torch.float64), diverged)

@@ -27,6 +27,7 @@ from normlib.hessian import (
     layer_second_moments,
     learning_rate_thresholds,
     preserved_model_state,
+    run_sgd,
     spectral_density,
     top_eigenpairs,
 )
@@ -292,6 +293,39 @@ def test_gradient_descent_on_a_quadratic_converges_below_and_diverges_above_two_
     # Along the top eigenvector the optimal step removes the error in one step.
     u = top_eigenpairs(a, k=1).eigenvectors[0]
     assert float((u - thr.optimal * (a @ u)).norm()) < 1e-12
+
+
+def test_run_sgd_follows_the_closed_form_on_a_quadratic_and_flags_divergence():
+    lam = torch.tensor([0.5, 2.0, 8.0], dtype=DT)
+    a = spd_matrix(lam, seed=12)
+    model = Quadratic(3)
+    before = model.theta.detach().clone()
+    e0 = model.theta.detach()
+    # Loss along the eigenbasis: 0.5 sum_i lam_i (1 - eta lam_i)^(2t) c_i^2 with c = Q^T e0.
+    ev, q = torch.linalg.eigh(a)
+    c = q.T @ e0
+    lr = 0.2
+    run = run_sgd(model, quadratic_loss, (torch.zeros(1), a), lr=lr, steps=30)
+    t = torch.arange(31, dtype=DT)[:, None]
+    expected = 0.5 * (ev * (1 - lr * ev) ** (2 * t) * c**2).sum(1)
+    assert torch.allclose(run.losses, expected, rtol=1e-10, atol=1e-14)
+    assert not run.diverged
+    assert torch.equal(model.theta.detach(), before)  # the original is untouched
+    blown = run_sgd(model, quadratic_loss, (torch.zeros(1), a), lr=1.1 * 2 / 8.0, steps=2000)
+    assert blown.diverged and len(blown.losses) < 2001
+
+
+def test_run_sgd_with_minibatches_is_reproducible_and_reaches_full_data_loss():
+    net = plain_net()
+    x, y = batch(64)
+    a = run_sgd(net, nn.CrossEntropyLoss(), (x, y), lr=0.1, steps=20, batch_size=16, seed=3)
+    b = run_sgd(net, nn.CrossEntropyLoss(), (x, y), lr=0.1, steps=20, batch_size=16, seed=3)
+    assert torch.equal(a.losses, b.losses)
+    full = F.cross_entropy(a.model(x), y)
+    assert math.isclose(float(a.losses[-1]), float(full.detach()), rel_tol=1e-12)
+    assert float(a.losses[-1]) < float(a.losses[0])
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        run_sgd(net, nn.CrossEntropyLoss(), (x, y), lr=0.0, steps=1)
 
 
 # ------------------------------------------------------------------------------------------
