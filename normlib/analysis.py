@@ -832,7 +832,7 @@ def sgd_norm_dynamics(
         >>> net = MLP(5, 3, width=8, depth=2, norm="bn").double()
         >>> x, y = torch.randn(64, 5, dtype=torch.float64), torch.randint(0, 3, (64,))
         >>> d = sgd_norm_dynamics(net, (x, y), torch.nn.functional.cross_entropy, lr=0.5,
-        ...                       steps=20, batch_size=16, params=["layers.1.0.weight"])
+        ...                       steps=5, batch_size=16, params=["layers.1.0.weight"])
         >>> bool((d.norms[1:] > d.norms[:-1]).all())  # no weight decay: the norm only grows
         True
     """
