@@ -50,8 +50,26 @@ _STYLE = {
 
 
 def use_book_style() -> None:
-    """Apply the book's matplotlib style (idempotent)."""
+    """Apply the book's matplotlib style (idempotent).
+
+    Inside a Jupyter kernel it also selects the inline backend, so that figures
+    are shown (and rendered into the book) even when ``MPLBACKEND=Agg`` is set in
+    the environment.
+    """
+    shell = _kernel_shell()
+    if shell is not None and "inline" not in mpl.get_backend():
+        shell.run_line_magic("matplotlib", "inline")
     mpl.rcParams.update(_STYLE)
+
+
+def _kernel_shell():
+    """The IPython shell if running inside a Jupyter kernel, else ``None``."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None
 
 
 def norm_color(name: str) -> str:
