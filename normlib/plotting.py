@@ -28,6 +28,11 @@ NORM_COLORS = {
     "sws": "#98df8a",
     "ws": "#c5b0d5",
     "none": "#000000",
+    # whitening methods (Review II and Analysis)
+    "zca": "#393b79",
+    "pca": "#e6550d",
+    "cd": "#31a354",
+    "iternorm": "#fd8d3c",
 }
 _FALLBACK = plt.get_cmap("tab20").colors
 
