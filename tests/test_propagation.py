@@ -23,6 +23,7 @@ from normlib.propagation import (
     gram_eigenvalues,
     gram_matrix,
     grid_configurations,
+    growth_rate,
     mean_cosine_similarity,
     numerical_rank,
     orthogonality_gap,
@@ -361,6 +362,8 @@ def test_probe_errors_are_clear():
         probe(MLP(5, 3, width=8, depth=2), x, loss_fn=lambda out, t: out)
     with pytest.raises(ValueError, match="empty"):
         probe(MLP(5, 3, width=8, depth=2), [])
+    with pytest.raises(TypeError, match=r"inputs=\[\(x, y\)\]"):
+        probe(MLP(5, 3, width=8, depth=2), (x, torch.randint(0, 3, (4,))))
 
 
 class _SkipsLayer(nn.Module):
@@ -424,3 +427,28 @@ def test_sweep_and_grid_errors_are_clear():
     with pytest.raises(ValueError, match="seed"):
         derived_seed(-1, "model")
     assert derived_seed(0, "inputs") != derived_seed(0, "model")
+
+
+def test_growth_rate_is_the_geometric_mean_ratio_of_squared_values_towards_the_input():
+    layers = np.arange(1, 7)
+    table = pd.DataFrame({
+        "norm": ["a"] * 6 + ["b"] * 6,
+        "layer": np.concatenate([layers, layers]),
+        # a: norm halves per layer towards the output (squared ratio 4); b: constant
+        "grad_norm": np.concatenate([2.0 ** -layers, np.ones(6)]),
+    })
+    rates = growth_rate(table, by="norm")
+    assert rates["a"] == pytest.approx(4.0) and rates["b"] == pytest.approx(1.0)
+    assert growth_rate(table[table.norm == "a"], squared=False, first=2, last=4) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="fewer than two"):
+        growth_rate(table, by="norm", first=6)
+    with pytest.raises(ValueError, match="no column"):
+        growth_rate(table, column="missing")
+    with pytest.raises(ValueError, match="positive"):
+        growth_rate(table.assign(grad_norm=0.0), by="norm")
+
+
+def test_growth_rate_of_a_probed_batchnorm_mlp_exceeds_one():
+    torch.manual_seed(0)
+    table = probe(MLP(16, 4, width=64, depth=12, norm="bn"), torch.randn(8, 16))
+    assert growth_rate(table, first=2, last=10) > 1.2

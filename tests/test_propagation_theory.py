@@ -268,3 +268,40 @@ def test_theory_is_consistent_with_the_models_layout():
     model = ResNet(depth=20, width=4)
     assert len(T.relu_resnet_moments((20 - 2) // 6)) == len(probe_points(model, "blocks"))
     assert isinstance(model.blocks[0], nn.Module)
+
+
+# --------------------------------------------------------------- readout of fixed features
+
+
+@pytest.mark.parametrize("n,d", [(40, 6), (6, 40)])
+def test_readout_gap_curve_equals_explicit_gradient_descent(n, d):
+    from normlib import linear as L
+    g = torch.Generator().manual_seed(6)
+    phi = torch.randn(n, d, generator=g, dtype=torch.float64) + 0.7   # similar samples
+    y = torch.randn(n, generator=g, dtype=torch.float64)
+    problem = L.LeastSquares(phi, y, bias=False)
+    lr = 0.9 / problem.lambda_max
+    path = L.gradient_descent(problem, lr, 30)
+    losses = problem.loss(path).numpy()
+    # the optimum over the features' span, by the pseudo-inverse
+    best = float(problem.loss(torch.linalg.pinv(phi) @ y))
+    expected = (losses - best) / (losses[0] - best)
+    np.testing.assert_allclose(T.readout_gap_curve(phi, y, 30, lr=lr), expected, rtol=1e-8, atol=1e-12)
+
+
+def test_readout_gap_curve_is_slow_for_similar_features():
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(50, 20, generator=g, dtype=torch.float64)
+    y = torch.randn(50, generator=g, dtype=torch.float64)
+    spread = T.readout_gap_curve(noise, y, 50)[-1]
+    similar = T.readout_gap_curve(noise + 5.0, y, 50)[-1]     # cosine similarity about 0.96
+    assert similar > 2 * spread
+
+
+def test_readout_gap_curve_errors_are_clear():
+    with pytest.raises(ValueError, match="targets must have shape"):
+        T.readout_gap_curve(torch.randn(5, 3), torch.randn(4), 3)
+    with pytest.raises(ValueError, match="all zero"):
+        T.readout_gap_curve(torch.zeros(5, 3), torch.randn(5), 3)
+    with pytest.raises(ValueError, match="2/lambda_max"):
+        T.readout_gap_curve(torch.randn(5, 3), torch.randn(5), 3, lr=1e6)

@@ -4,9 +4,9 @@
 - :mod:`normlib.propagation.probe`: hooks that record them (and gradient norms) per layer or
   residual block in one forward and one backward pass, leaving the model as found.
 - :mod:`normlib.propagation.sweep`: the probes over a grid of configurations, as one tidy table.
-- :mod:`normlib.propagation.theory`: variance recursion of residual networks, the ReLU
-  arc-cosine map, the BatchNorm similarity fixed point and gradient-explosion rate, the
-  GroupNorm rank bound.
+- :mod:`normlib.propagation.theory`: variance recursion of residual networks (and the
+  mean-field stream of normlib's ResNet), the ReLU arc-cosine map, the BatchNorm similarity
+  fixed point, BatchNorm and GroupNorm gradient-explosion rates, the GroupNorm rank bound.
 
 They back the chapters "Stable forward propagation", "Informative forward
 propagation" and "Stable backward propagation", which reproduce the analysis
@@ -36,15 +36,20 @@ from normlib.propagation.statistics import (
     second_moment,
     stable_rank,
 )
-from normlib.propagation.sweep import derived_seed, grid_configurations, sweep
+from normlib.propagation.sweep import derived_seed, grid_configurations, growth_rate, sweep
 from normlib.propagation.theory import (
     BN_GRADIENT_EXPLOSION_LIMIT,
+    RESNET_BRANCHES,
     bn_gradient_explosion_rate,
     bn_similarity_fixed_point,
+    gn_gradient_explosion_rate,
     groupnorm_rank_lower_bound,
+    readout_gap_curve,
     relu_correlation_map,
+    relu_resnet_moments,
     relu_similarity_by_depth,
     residual_variance,
+    running_maximum_moments,
 )
 
 __all__ = [
@@ -57,6 +62,7 @@ __all__ = [
     "sweep",
     "grid_configurations",
     "derived_seed",
+    "growth_rate",
     "activation_variance",
     "second_moment",
     "gram_matrix",
@@ -69,10 +75,15 @@ __all__ = [
     "orthogonality_gap",
     "representation_statistics",
     "BN_GRADIENT_EXPLOSION_LIMIT",
+    "RESNET_BRANCHES",
+    "residual_variance",
+    "running_maximum_moments",
+    "relu_resnet_moments",
     "relu_correlation_map",
     "relu_similarity_by_depth",
     "bn_similarity_fixed_point",
     "bn_gradient_explosion_rate",
+    "gn_gradient_explosion_rate",
     "groupnorm_rank_lower_bound",
-    "residual_variance",
+    "readout_gap_curve",
 ]

@@ -218,6 +218,14 @@ def _as_batches(inputs, targets) -> Iterator[tuple[torch.Tensor, torch.Tensor | 
         raise ValueError(
             "targets= goes with a single input tensor; with several batches give (x, y) pairs"
         )
+    if (isinstance(inputs, tuple) and len(inputs) == 2
+            and all(isinstance(t, torch.Tensor) for t in inputs)
+            and inputs[0].dim() >= 2 and inputs[1].dim() == 1 and not inputs[1].is_floating_point()):
+        # A tuple (x, y) would otherwise be read as two batches, and y fed to the model.
+        raise TypeError(
+            "inputs=(x, y) looks like one labelled batch, but a tuple is read as a sequence of "
+            "batches; call probe(model, x, y) or pass inputs=[(x, y)]"
+        )
     if not isinstance(inputs, Iterable):
         raise TypeError(
             f"inputs must be a tensor (N, *) or an iterable of tensors or (x, y) pairs, "

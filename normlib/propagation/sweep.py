@@ -32,8 +32,10 @@ Example:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -41,7 +43,7 @@ from tqdm.auto import tqdm
 from normlib.device import seed_everything
 from normlib.propagation.probe import probe
 
-__all__ = ["sweep", "grid_configurations", "derived_seed"]
+__all__ = ["sweep", "grid_configurations", "derived_seed", "growth_rate"]
 
 _SALTS = {"inputs": 1, "model": 2}
 
@@ -157,3 +159,70 @@ def _to(inputs, device, dtype):
         return [tuple(move(t) for t in item) if isinstance(item, (tuple, list)) else move(item)
                 for item in inputs]
     return inputs
+
+
+def growth_rate(
+    table: pd.DataFrame,
+    column: str = "grad_norm",
+    *,
+    by: str | Sequence[str] | None = None,
+    first: int = 1,
+    last: int | None = None,
+    squared: bool = True,
+) -> float | pd.Series:
+    r"""Per-layer growth factor of a statistic towards the input, from a probe or sweep table.
+
+    For the layers :math:`l = \text{first}, \dots, \text{last}` of each group the factor is
+    the geometric mean of :math:`(v_l / v_{l+1})^2` (or of :math:`v_l / v_{l+1}` with
+    ``squared=False``): for gradient norms, how much the squared norm grows per layer
+    on its way back to the input, the quantity of
+    :func:`normlib.propagation.theory.bn_gradient_explosion_rate`.
+
+    Args:
+        table: a table of :func:`normlib.propagation.probe` or :func:`sweep`.
+        column: the statistic (default ``"grad_norm"``).
+        by: grid keys to group by (one factor per group); ``None``: the table is one network.
+        first: first layer of the range (skip layers near the input here).
+        last: last layer of the range; default the deepest layer (skip layers near the
+            output by passing a smaller value).
+        squared: ratio of squares (default) or of the values.
+
+    Returns:
+        float, or pandas.Series indexed by the ``by`` keys.
+
+    Raises:
+        ValueError: for a missing column, fewer than two layers in range, or values
+            that are not positive and finite.
+
+    Example:
+        >>> t = pd.DataFrame({"layer": [1, 2, 3], "grad_norm": [4.0, 2.0, 1.0]})
+        >>> growth_rate(t)
+        4.0
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(
+            f"table must be a pandas DataFrame from probe() or sweep(), got {type(table).__name__}"
+        )
+    keys = [] if by is None else ([by] if isinstance(by, str) else list(by))
+    for name in [column, "layer", *keys]:
+        if name not in table.columns:
+            raise ValueError(f"table has no column {name!r}; columns: {list(table.columns)}")
+
+    def factor(group: pd.DataFrame) -> float:
+        upper = group["layer"].max() if last is None else last
+        rows = group[(group["layer"] >= first) & (group["layer"] <= upper)].sort_values("layer")
+        values = rows[column].to_numpy(dtype=np.float64)
+        if len(values) < 2:
+            raise ValueError(f"layers {first}..{upper} hold fewer than two rows; widen first/last")
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise ValueError(f"{column} must be positive and finite on layers {first}..{upper}")
+        logs = np.log(values[:-1] / values[1:]) * (2.0 if squared else 1.0)
+        return math.exp(float(np.mean(logs)))
+
+    if not keys:
+        return factor(table)
+    groups = table.groupby(keys if len(keys) > 1 else keys[0], sort=False)
+    names, values = zip(*[(name, factor(group)) for name, group in groups])
+    index = (pd.MultiIndex.from_tuples(names, names=keys) if len(keys) > 1
+             else pd.Index(names, name=keys[0]))
+    return pd.Series(values, index=index, name=f"{column}_growth")

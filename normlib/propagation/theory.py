@@ -20,6 +20,8 @@ function                           prediction
                                    BatchNorm-ReLU networks at batch size ``B`` (Yang et al., 2019)
 :func:`gn_gradient_explosion_rate` the same for GroupNorm-ReLU networks with group size ``g``
 :func:`groupnorm_rank_lower_bound` :math:`\sqrt{\text{width}/\text{group size}}` (Lubana et al., 2021)
+:func:`readout_gap_curve`          loss gap of gradient descent on a linear readout of fixed
+                                   features, step by step (exact, from the Gram spectrum)
 =================================  ==========================================================
 
 Example:
@@ -51,6 +53,7 @@ __all__ = [
     "bn_gradient_explosion_rate",
     "gn_gradient_explosion_rate",
     "groupnorm_rank_lower_bound",
+    "readout_gap_curve",
 ]
 
 #: :math:`\pi/(\pi-1) \approx 1.467`, the gradient explosion rate of BatchNorm-ReLU networks
@@ -574,3 +577,68 @@ def relu_resnet_moments(
             block += 1
             rows.append((block, stage, *law.moments()))
     return pd.DataFrame(rows, columns=["block", "stage", "mean", "second_moment", "variance"])
+
+
+def readout_gap_curve(features, targets, steps: int, lr: float | None = None) -> np.ndarray:
+    r"""Remaining loss gap of gradient descent on a least-squares readout of fixed features.
+
+    For features :math:`\Phi: (N, D)` and targets :math:`y: (N,)`, gradient descent on
+    :math:`L(w) = \frac{1}{2N}\|\Phi w - y\|^2` from :math:`w_0 = 0` with step :math:`\eta`
+    has, with :math:`(\lambda_i, v_i)` the eigenpairs of the Gram matrix
+    :math:`\Phi\Phi^\top/N` (the nonzero eigenvalues of the Hessian :math:`\Phi^\top\Phi/N`),
+
+    .. math::
+
+        \frac{L(w_t) - L^\star}{L(w_0) - L^\star} =
+        \frac{\sum_{\lambda_i > 0} (v_i^\top y)^2 (1 - \eta\lambda_i)^{2t}}
+             {\sum_{\lambda_i > 0} (v_i^\top y)^2},
+
+    exactly. With the largest stable step :math:`\eta = 1/\lambda_{\max}` a direction
+    with eigenvalue :math:`\lambda` shrinks by :math:`1 - \lambda/\lambda_{\max}` per step.
+    When the samples' features are similar (mean cosine :math:`c` close to 1) the
+    top eigenvalue carries most of the trace and every other direction is slow:
+    the stable rank :math:`\sum_i\lambda_i/\lambda_{\max}` is small. Chapter
+    "Informative forward propagation" uses this to show why similar
+    representations (LayerNorm) train slowly.
+
+    Args:
+        features: ``(N, *)``, flattened per sample.
+        targets: ``(N,)``.
+        steps: number of steps ``T``.
+        lr: the step; default :math:`1/\lambda_{\max}`; must lie in :math:`(0, 2/\lambda_{\max})`.
+
+    Returns:
+        numpy.ndarray: the gap ratio after ``0, 1, ..., T`` steps (starts at 1).
+
+    Raises:
+        ValueError: for mismatched shapes, all-zero features or targets orthogonal to
+            the features, or an unstable step.
+
+    Example:
+        >>> phi = torch.eye(2, dtype=torch.float64) * torch.tensor([2.0, 1.0]).sqrt()
+        >>> readout_gap_curve(phi, torch.tensor([1.0, 1.0]), 2).round(4)   # eigenvalues 1, 1/2
+        array([1.    , 0.125 , 0.0312])
+    """
+    phi = torch.as_tensor(features).detach().to(torch.float64)
+    if phi.dim() < 2:
+        raise ValueError(f"features must have shape (N, *), got {tuple(phi.shape)}")
+    phi = phi.reshape(phi.shape[0], -1)
+    y = torch.as_tensor(targets).detach().to(torch.float64)
+    if y.shape != (phi.shape[0],):
+        raise ValueError(f"targets must have shape ({phi.shape[0]},), got {tuple(y.shape)}")
+    steps = _check_int(steps, "steps", 0)
+    n = phi.shape[0]
+    eig, vec = torch.linalg.eigh(phi @ phi.T / n)
+    top = float(eig[-1])
+    if not top > 0:
+        raise ValueError("features are all zero: there is nothing to descend on")
+    keep = eig > n * torch.finfo(torch.float64).eps * top
+    lam, weight = eig[keep], (vec[:, keep].T @ y) ** 2
+    if not float(weight.sum()) > 0:
+        raise ValueError("targets are orthogonal to the features' span: the gap is 0 from the start")
+    eta = 1.0 / top if lr is None else float(lr)
+    if not 0 < eta < 2.0 / top:
+        raise ValueError(f"lr={lr!r} must lie in (0, 2/lambda_max) = (0, {2.0 / top:.4g}) to converge")
+    t = torch.arange(steps + 1, dtype=torch.float64)[:, None]
+    factors = (1.0 - eta * lam)[None, :].abs() ** (2.0 * t)
+    return ((factors * weight).sum(1) / weight.sum()).numpy()
