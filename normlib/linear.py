@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from normlib.whitening import covariance, whitening_matrix
+
 __all__ = [
     "INPUT_TRANSFORMS",
     "InputTransform",
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 INPUT_TRANSFORMS = ("raw", "center", "standardize", "pca", "zca")
+_TINY = 1e-30
 
 
 def _as_matrix(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +93,9 @@ class InputTransform:
 def fit_input_transform(x: torch.Tensor, kind: str, eps: float = 1e-8) -> InputTransform:
     """Fit one of ``raw``, ``center``, ``standardize``, ``pca``, ``zca`` on ``x: (N, d)``.
 
-    Statistics use the biased (1/N) covariance. ``eps`` is added to variances and
-    eigenvalues before taking inverse square roots.
+    Statistics use the biased (1/N) covariance. ``eps`` is added to the covariance's
+    diagonal before taking inverse square roots (a tiny positive floor is used for ``eps=0``).
+    Standardization and whitening matrices come from :func:`normlib.whitening.whitening_matrix`.
 
     Example:
         >>> import torch
@@ -107,23 +111,16 @@ def fit_input_transform(x: torch.Tensor, kind: str, eps: float = 1e-8) -> InputT
     if eps < 0:
         raise ValueError(f"eps must be non-negative, got {eps}")
     d = x.shape[1]
-    eye = torch.eye(d, dtype=x.dtype, device=x.device)
     mean = x.mean(0)
     if kind == "raw":
-        return InputTransform(kind, torch.zeros_like(mean), eye)
+        return InputTransform(kind, torch.zeros_like(mean), torch.eye(d, dtype=x.dtype, device=x.device))
     if kind == "center":
-        return InputTransform(kind, mean, eye)
-    xc = x - mean
-    if kind == "standardize":
-        std = (xc.pow(2).mean(0) + eps).sqrt()
-        return InputTransform(kind, mean, torch.diag(1.0 / std))
-    if len(x) < 2:
+        return InputTransform(kind, mean, torch.eye(d, dtype=x.dtype, device=x.device))
+    if kind != "standardize" and len(x) < 2:
         raise ValueError("whitening needs at least 2 samples")
-    cov = xc.T @ xc / len(x)
-    evals, evecs = torch.linalg.eigh(cov)
-    inv_sqrt = torch.diag((evals.clamp_min(0) + eps).rsqrt())
-    pca = inv_sqrt @ evecs.T
-    return InputTransform(kind, mean, pca if kind == "pca" else evecs @ pca)
+    # One implementation of whitening in the library: normlib.whitening, on (d, N) matrices.
+    _, cov = covariance(x.T)
+    return InputTransform(kind, mean, whitening_matrix(cov, kind, eps=max(eps, _TINY)))
 
 
 def knn_predict(x_train, y_train, x_query, k: int = 5) -> torch.Tensor:
