@@ -850,9 +850,14 @@ def orthogonal_weight_norm(
             outputs or exceeds the rank of the rows, or other arguments are invalid.
 
     Example:
-        >>> lin = orthogonal_weight_norm(nn.Linear(6, 4))
-        >>> torch.allclose(lin.weight @ lin.weight.T, torch.eye(4), atol=1e-3)
+        >>> _ = torch.manual_seed(0)
+        >>> lin = orthogonal_weight_norm(nn.Linear(6, 4, dtype=torch.float64), eps=1e-12)
+        >>> eye = torch.eye(4, dtype=torch.float64)
+        >>> torch.allclose(lin.weight @ lin.weight.T, eye, atol=1e-8)
         True
+
+        ``W W^T`` equals ``Lambda / (Lambda + eps)`` in the eigenbasis of the centered rows'
+        Gram matrix, so with the default ``eps`` it is the identity up to ``eps / lambda_min``.
     """
     weight = _module_weight(module, name)
     dim = _output_dim(module)
