@@ -467,7 +467,8 @@ def _random_vectors(
         out = torch.randn(shape, generator=generator, dtype=torch.float64)
     else:
         raise ValueError(f"distribution must be 'rademacher' or 'gaussian', got {kind!r}")
-    return out.to(dtype=dtype, device=device)
+    # Cast on the CPU first: some devices (MPS) have no float64.
+    return out.to(dtype).to(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -744,7 +745,7 @@ def _lanczos_eigenpairs(op, k, which, tol, max_iters, generator, progress, start
         if bool((bounds <= tol * scale).all()) or m == process.max_steps:
             break
     bar.close()  # the loop always runs at least `need` steps (checked by the caller)
-    chosen = vectors[:, idx].to(dtype=op.dtype, device=op.device)
+    chosen = vectors[:, idx].to(op.dtype).to(op.device)
     eigenvectors = chosen.T @ process.basis[:m]
     return values[idx], eigenvectors, bounds, bounds <= tol * scale, m
 
@@ -973,7 +974,7 @@ def hessian_trace(
             product(_random_vectors((n,), distribution, generator, op.dtype, op.device))
             for _ in range(rank)
         ])
-        basis = torch.linalg.qr(sketch.T.to(torch.float64)).Q.T.to(op.dtype)
+        basis = torch.linalg.qr(sketch.T).Q.T
         exact = sum(float(q @ product(q)) for q in basis)
     samples = []
     for _ in range(num_residual):
@@ -1120,7 +1121,7 @@ def condition_number(
     if not (isinstance(rtol, (int, float)) and 0 <= rtol < 1):
         raise ValueError(f"rtol must be in [0, 1), got {rtol!r}")
     if isinstance(source, torch.Tensor) and source.dim() == 1:
-        values = source.detach().to(torch.float64)
+        values = source.detach().cpu().to(torch.float64)
         if values.numel() == 0:
             raise ValueError("condition_number needs at least one eigenvalue")
     else:
@@ -1222,11 +1223,11 @@ class LayerMoments:
 
     def input_condition(self, rtol: float = 0.0) -> float:
         """Condition number of :math:`\\Sigma_x` (see :func:`condition_number` for ``rtol``)."""
-        return condition_number(torch.linalg.eigvalsh(self.input_moment.double()), rtol=rtol)
+        return condition_number(torch.linalg.eigvalsh(self.input_moment.cpu().double()), rtol=rtol)
 
     def grad_condition(self, rtol: float = 0.0) -> float:
         """Condition number of :math:`\\Sigma_{\\nabla h}` (see :func:`condition_number`)."""
-        return condition_number(torch.linalg.eigvalsh(self.grad_moment.double()), rtol=rtol)
+        return condition_number(torch.linalg.eigvalsh(self.grad_moment.cpu().double()), rtol=rtol)
 
 
 def layer_second_moments(model: nn.Module, loss_fn: Callable, batch, *, mode: str) -> list[LayerMoments]:
