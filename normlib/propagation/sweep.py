@@ -2,7 +2,7 @@
 
 A sweep is a grid (``{"norm": [...], "depth": [...], "seed": [0, 1, 2]}``), a
 function that builds the model for one configuration and a function that
-makes its inputs. Every combination is probed with :func:`normlib.propagation.probe`
+makes its inputs. Every combination is probed with :func:`~normlib.propagation.probe.probe`
 and the rows are stacked into one ``pandas.DataFrame`` whose first columns are
 the grid's keys: one row per configuration and probed layer, ready for
 ``groupby`` and plotting. A progress bar (tqdm) counts the configurations.
@@ -108,17 +108,18 @@ def sweep(
         make_model: ``make_model(**config) -> nn.Module``, called with one combination
             of the grid's values as keyword arguments.
         grid: ``{name: [values]}``; all combinations are run.
-        make_inputs: ``make_inputs(**config)`` returning what :func:`probe` takes as
-            ``inputs``: a tensor ``(N, *)``, or a list of tensors or ``(x, y)`` pairs.
+        make_inputs: ``make_inputs(**config)`` returning what
+            :func:`~normlib.propagation.probe.probe` takes as ``inputs``: a tensor ``(N, *)``,
+            or a list of tensors or ``(x, y)`` pairs.
         device: where to run (default CPU); inputs are moved there.
         dtype: cast the model and floating point inputs to this dtype (e.g. ``torch.float64``).
         progress: show a progress bar.
         desc: the progress bar's label.
-        **probe_kwargs: passed to :func:`probe` (``at``, ``mode``, ``backward``,
-            ``loss_fn``, ``include_input``, ``rtol``).
+        **probe_kwargs: passed to :func:`~normlib.propagation.probe.probe` (``at``, ``mode``,
+            ``backward``, ``loss_fn``, ``include_input``, ``rtol``).
 
     Returns:
-        pandas.DataFrame: the grid's keys, then :func:`probe`'s columns.
+        pandas.DataFrame: the grid's keys, then :func:`~normlib.propagation.probe.probe`'s columns.
 
     Raises:
         TypeError: if ``make_model`` or ``make_inputs`` is not callable or a model is
@@ -179,7 +180,7 @@ def growth_rate(
     :func:`normlib.propagation.theory.bn_gradient_explosion_rate`.
 
     Args:
-        table: a table of :func:`normlib.propagation.probe` or :func:`sweep`.
+        table: a table of :func:`~normlib.propagation.probe.probe` or :func:`sweep`.
         column: the statistic (default ``"grad_norm"``).
         by: grid keys to group by (one factor per group); ``None``: the table is one network.
         first: first layer of the range (skip layers near the input here).

@@ -4,25 +4,25 @@ All functions are deterministic closed forms (or short recursions) in float64
 NumPy; each docstring gives the formula, its source and the chapter that
 compares it with measurements.
 
-=================================  ==========================================================
-function                           prediction
-=================================  ==========================================================
-:func:`residual_variance`          variance of the residual stream: linear in depth with a
-                                   normalized branch, exponential without (De and Smith, 2020)
-:func:`running_maximum_moments`    moments of a reflected Gaussian random walk (Kac, Spitzer)
-:func:`relu_resnet_moments`        mean-field moments of the stream of
-                                   :class:`normlib.models.ResNet`
-:func:`relu_correlation_map`       correlation after a random ReLU layer, the normalized
-                                   arc-cosine kernel of degree 1 (Cho and Saul, 2009)
-:func:`relu_similarity_by_depth`   that map iterated: similarity of un-normalized ReLU networks
-:func:`bn_similarity_fixed_point`  cosine similarity a deep BatchNorm-ReLU network settles at
-:func:`bn_gradient_explosion_rate` per-layer growth of squared gradient norms in
-                                   BatchNorm-ReLU networks at batch size ``B`` (Yang et al., 2019)
-:func:`gn_gradient_explosion_rate` the same for GroupNorm-ReLU networks with group size ``g``
-:func:`groupnorm_rank_lower_bound` :math:`\sqrt{\text{width}/\text{group size}}` (Lubana et al., 2021)
-:func:`readout_gap_curve`          loss gap of gradient descent on a linear readout of fixed
-                                   features, step by step (exact, from the Gram spectrum)
-=================================  ==========================================================
+==================================  ==========================================================
+function                            prediction
+==================================  ==========================================================
+:func:`residual_variance`           variance of the residual stream: linear in depth with a
+                                    normalized branch, exponential without (De and Smith, 2020)
+:func:`running_maximum_moments`     moments of a reflected Gaussian random walk (Kac, Spitzer)
+:func:`relu_resnet_moments`         mean-field moments of the stream of
+                                    :class:`normlib.models.ResNet`
+:func:`relu_correlation_map`        correlation after a random ReLU layer, the normalized
+                                    arc-cosine kernel of degree 1 (Cho and Saul, 2009)
+:func:`relu_similarity_by_depth`    that map iterated: similarity of un-normalized ReLU networks
+:func:`bn_similarity_fixed_point`   cosine similarity a deep BatchNorm-ReLU network settles at
+:func:`bn_gradient_explosion_rate`  per-layer growth of squared gradient norms in
+                                    BatchNorm-ReLU networks at batch size ``B`` (Yang et al., 2019)
+:func:`gn_gradient_explosion_rate`  the same for GroupNorm-ReLU networks with group size ``g``
+:func:`groupnorm_rank_lower_bound`  :math:`\sqrt{\text{width}/\text{group size}}` (Lubana et al., 2021)
+:func:`readout_gap_curve`           loss gap of gradient descent on a linear readout of fixed
+                                    features, step by step (exact, from the Gram spectrum)
+==================================  ==========================================================
 
 Example:
     >>> from normlib.propagation import theory as T
