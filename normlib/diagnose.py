@@ -148,7 +148,7 @@ class Diagnosis:
     Attributes:
         checks: one :class:`Check` per property.
         metrics: the numbers behind them (see :func:`init_metrics`).
-        layers: the per-layer table of :func:`normlib.propagation.probe`.
+        layers: the per-layer table of :func:`normlib.propagation.probe.probe`.
         mode: ``"train"`` (batch statistics) or ``"eval"`` (running statistics).
         description: what was diagnosed, for the printed header.
     """
@@ -301,11 +301,11 @@ def diagnose(
 
     Args:
         model: any network; ``at`` says which layers to probe (default: the blocks of a
-            ResNet or the layers of a VGG or MLP, see :func:`normlib.propagation.probe_points`).
+            ResNet or the layers of a VGG or MLP, see :func:`normlib.propagation.probe.probe_points`).
             Left exactly as found.
         inputs: one batch ``x: (N, *)``, ``N >= 2``.
         targets: class indices ``(N,)`` for a cross-entropy loss; without them the backward
-            pass uses the squared output (see :func:`normlib.propagation.probe`).
+            pass uses the squared output (see :func:`normlib.propagation.probe.probe`).
         at: the probed points (at least two).
         mode: ``"train"`` (batch statistics, the regime of the theory) or ``"eval"``.
         thresholds: the verdicts' limits.

@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from normlib.data import Split
 from normlib.device import default_device
@@ -192,12 +192,12 @@ class TrainConfig:
 
     @property
     def effective_lr(self) -> float:
-        """The initial learning rate of SGD: ``lr * batch_size / reference_batch_size``."""
+        """The initial learning rate of SGD, ``lr * batch_size / reference_batch_size``."""
         return self.lr * self.batch_size / self.reference_batch_size
 
     @property
     def architecture(self) -> str:
-        """A short name of the architecture: ``"VGG-10"``, ``"ResNet-20 SkipInit"``, ..."""
+        """A short name of the architecture, such as ``"VGG-10"`` or ``"ResNet-20 SkipInit"``."""
         name = {"mlp": "MLP", "vgg": "VGG", "resnet": "ResNet"}[self.model]
         return f"{name}-{self.depth}" + (" SkipInit" if self.skipinit else "")
 
@@ -453,7 +453,8 @@ def divergence_threshold(initial_loss: float, num_classes: int, factor: float) -
 
 
 def _progress(iterable, total: int | None, progress: bool | None, desc: str, leave: bool = False):
-    # None: tqdm decides (a bar on a terminal, none in logs and book builds).
+    # None: a text bar on a terminal only. tqdm.auto would draw ipywidgets in a notebook even
+    # when asked to decide, and every bar's widget state would end up in the rendered book.
     return tqdm(iterable, total=total, disable=None if progress is None else not progress,
                 desc=desc, leave=leave)
 
@@ -674,6 +675,7 @@ class MapEntry:
 
     @property
     def runs(self) -> list[RunResult]:
+        """The runs of every seed at the chosen rate (``search.runs``)."""
         return self.search.runs
 
 

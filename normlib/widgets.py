@@ -66,7 +66,7 @@ def propagation_profiles(norms: Iterable[str], **kwargs) -> dict[str, pd.DataFra
     :func:`explorer_config`).
 
     Returns:
-        dict: ``{norm: table}`` with the columns of :func:`normlib.propagation.probe`.
+        dict: ``{norm: table}`` with the columns of :func:`normlib.propagation.probe.probe`.
     """
     return {norm: diagnose_config(explorer_config(norm, **kwargs)).layers for norm in norms}
 

@@ -317,3 +317,10 @@ def test_cnn_configs_build_the_book_architectures():
     assert all(b.alpha.item() == 0.0 for b in res.blocks)
     assert vgg(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert TrainConfig(model="resnet", depth=20, skipinit=True).architecture == "ResNet-20 SkipInit"
+
+
+def test_progress_bars_are_text_on_request_and_silent_when_not_on_a_terminal(capsys):
+    train(tiny(epochs=1), cache=False, progress=None, device=CPU)
+    assert capsys.readouterr().err == ""  # pytest's capture is not a terminal
+    train(tiny(epochs=1), cache=False, progress=True, device=CPU)
+    assert "MLP-2 bn B=32" in capsys.readouterr().err
