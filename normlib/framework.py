@@ -233,6 +233,10 @@ class RegionPartition:
             with the spatial shape ``*`` of the input.
         num_regions: ``R``; inferred as ``regions.max() + 1`` if ``None``.
 
+    Raises:
+        TypeError: if ``regions`` is not an integer or boolean tensor.
+        ValueError: if a label is negative or not below ``num_regions``.
+
     Example:
         >>> mask = torch.zeros(1, 2, 2, dtype=torch.bool); mask[0, 0] = True
         >>> p = RegionPartition(mask)
@@ -251,10 +255,26 @@ class RegionPartition:
                 f"regions must be an integer or boolean label tensor, got dtype {regions.dtype}; "
                 "convert a 0/1 mask with mask.bool()"
             )
+        if num_regions is not None and (isinstance(num_regions, bool)
+                                        or not isinstance(num_regions, int) or num_regions <= 0):
+            raise ValueError(
+                f"num_regions must be a positive int or None (inferred from the labels), "
+                f"got {num_regions!r}"
+            )
         labels = regions.reshape(regions.shape[0], -1).long()
         if labels.numel() and int(labels.min()) < 0:
-            raise ValueError("regions must hold labels >= 0")
-        r = int(labels.max()) + 1 if num_regions is None else num_regions
+            raise ValueError(
+                f"regions must hold labels >= 0, got the label {int(labels.min())}; "
+                "relabel the regions as 0, 1, ..., R - 1"
+            )
+        top = int(labels.max()) if labels.numel() else -1
+        if num_regions is not None and top >= num_regions:
+            raise ValueError(
+                f"regions holds the label {top} but num_regions={num_regions} allows only "
+                f"labels 0..{num_regions - 1}; pass num_regions={top + 1} or None (inferred "
+                "from the labels), or fix the mask"
+            )
+        r = max(top, 0) + 1 if num_regions is None else num_regions
         self.regions = regions
         self.labels = labels
         self.num_regions = r

@@ -158,12 +158,61 @@ def _check_groups(num_groups, num_channels: int, name: str = "num_groups") -> No
         )
 
 
-def _check_batch_count(count: int, x: Tensor, what: str) -> None:
+def _check_batch_count(count: int, x: Tensor, what: str, training: bool = True) -> None:
     if count <= 1:
-        raise ValueError(
+        raise ValueError(_batch_count_message(what, x, training))
+
+
+def _batch_count_message(what: str, x: Tensor, training: bool) -> str:
+    """The error for batch statistics estimated from one value per channel (shared with layers)."""
+    if training:
+        return (
             f"{what} in training needs more than 1 value per channel to estimate batch "
             f"statistics, got input of shape {tuple(x.shape)}; use a batch of 2 or more, "
             "call .eval(), or pick a batch-independent normalizer (ln, gn, in)"
+        )
+    return (
+        f"{what} in evaluation has no running statistics (track_running_stats=False), so it "
+        f"uses batch statistics and needs more than 1 value per channel, got input of shape "
+        f"{tuple(x.shape)}; use a batch of 2 or more, keep running statistics "
+        "(track_running_stats=True), or pick a batch-independent normalizer (ln, gn, in)"
+    )
+
+
+def _check_instance_count(x: Tensor, what: str) -> None:
+    """Running statistics of per-instance moments need more than one value per instance."""
+    if x.numel() // max(x.shape[0] * x.shape[1], 1) <= 1:
+        raise ValueError(
+            f"{what} in training with running statistics needs more than 1 spatial element per "
+            f"(sample, channel) to estimate statistics, got input of shape {tuple(x.shape)}; "
+            "feed feature maps with more than one position, turn running statistics off "
+            "(track_running_stats=False: the output is then the bias), or pick a normalizer "
+            "that pools over channels (ln, gn)"
+        )
+
+
+def _check_positive_number(value, name: str) -> None:
+    """A positive finite real (``sigma`` and the like); not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a positive float, got {value!r} of type {type(value).__name__}; "
+            f"pass a number, e.g. {name}=1.0"
+        )
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite float, got {value!r}; use e.g. 1.0")
+
+
+def _check_window(value, name: str) -> None:
+    """A window size: a positive int, or a non-empty sequence of positive ints (one per axis).
+
+    The number of entries is checked against the input in the forward pass.
+    """
+    values = (value,) if isinstance(value, int) else value
+    if (not isinstance(values, Sequence) or isinstance(values, str) or not values
+            or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values)):
+        raise ValueError(
+            f"{name} must be a positive int or a sequence of positive ints (one per spatial "
+            f"axis), got {value!r}; use e.g. {name}=3"
         )
 
 
@@ -245,7 +294,8 @@ def batch_norm(
         a tensor like ``x``.
 
     Raises:
-        ValueError: in training with a single value per channel (``N * prod(*) == 1``).
+        ValueError: with a single value per channel (``N * prod(*) == 1``) when batch
+            statistics are used: in training, or in evaluation without running statistics.
 
     Example:
         >>> y = batch_norm(torch.randn(16, 3, 4, 4))
@@ -263,7 +313,7 @@ def batch_norm(
     _check_backend(backend)
     use_batch = training or running_mean is None or running_var is None
     if use_batch:
-        _check_batch_count(x.numel() // c, x, "batch_norm")
+        _check_batch_count(x.numel() // c, x, "batch_norm", training)
     if backend == "auto":
         xc = _torch_ready(x, weight, bias, running_mean, running_var)
         if xc is not None:
@@ -323,7 +373,7 @@ def batch_group_norm(
     _check_momentum(momentum)
     use_batch = training or running_mean is None or running_var is None
     if use_batch:
-        _check_batch_count(x.numel() // num_groups, x, "batch_group_norm")
+        _check_batch_count(x.numel() // num_groups, x, "batch_group_norm", training)
     running = _running(mean=running_mean, var=running_var) if training or not use_batch else None
     return normalize(
         x, BATCH_GROUP(num_groups), Standardize(eps), _affine(weight, bias),
@@ -372,7 +422,7 @@ def variance_norm(
     _check_momentum(momentum)
     use_batch = training or running_var is None
     if use_batch:
-        _check_batch_count(x.numel() // c, x, "variance_norm")
+        _check_batch_count(x.numel() // c, x, "variance_norm", training)
     return normalize(
         x, BATCH, Standardize(eps, center=False), _affine(weight, bias),
         running=_running(var=running_var),
@@ -413,6 +463,10 @@ def population_norm(
     Returns:
         a tensor like ``x``.
 
+    Raises:
+        ValueError: in training with ``running_var`` and a single value per channel
+            (``N * prod(*) == 1``), which has no variance to estimate.
+
     Example:
         >>> mean, var = torch.zeros(2), torch.ones(2)
         >>> y = population_norm(torch.randn(64, 2) * 3 + 1, mean, var, momentum=1.0)
@@ -429,6 +483,9 @@ def population_norm(
         _check_per_channel(t, n, c)
     _check_eps(eps)
     _check_momentum(momentum)
+    if training and running_var is not None:
+        # One value per channel has no variance: the estimate would be driven toward 0.
+        _check_batch_count(x.numel() // c, x, "population_norm")
     op = Standardize(eps, center=True, scale=running_var is not None)
     running = _running(mean=running_mean, var=running_var)
     if training:
@@ -599,6 +656,11 @@ def instance_norm(
     Returns:
         a tensor like ``x``.
 
+    Raises:
+        ValueError: with ``use_input_stats`` and running statistics on an input with one
+            element per sample and channel (``prod(*) == 1``): the running variance would
+            be driven toward 0 (torch raises too).
+
     Example:
         >>> y = instance_norm(torch.randn(2, 3, 8, 8))
         >>> y.mean(dim=(2, 3)).abs().max().item() < 1e-5
@@ -615,6 +677,8 @@ def instance_norm(
     _check_backend(backend)
     has_running = running_mean is not None and running_var is not None
     use_batch = use_input_stats or not has_running
+    if use_input_stats and (running_mean is not None or running_var is not None):
+        _check_instance_count(x, "instance_norm")
     spatial = x.numel() // max(x.shape[0] * c, 1)
     if backend == "auto":
         xc = _torch_ready(x, weight, bias, running_mean, running_var)
@@ -733,7 +797,9 @@ def region_norm(
         a tensor like ``x``.
 
     Raises:
-        ValueError: if ``regions`` does not match the batch and spatial shape of ``x``.
+        TypeError: if ``regions`` is not an integer or boolean tensor.
+        ValueError: if ``regions`` does not match the batch and spatial shape of ``x``,
+            holds a negative label, or a label ``>= num_regions``.
 
     Example:
         >>> x = torch.randn(2, 3, 4, 4)
@@ -863,7 +929,7 @@ def evonorm_b0(
     _check_momentum(momentum)
     use_batch = training or running_var is None
     if use_batch:
-        _check_batch_count(x.numel() // c, x, "evonorm_b0")
+        _check_batch_count(x.numel() // c, x, "evonorm_b0", training)
     op = Standardize(eps)
     xv = BATCH.view(x).to(compute_dtype(x.dtype))
     if use_batch:
@@ -934,9 +1000,9 @@ def evonorm_s0(
 
 
 def _as_tuple(value, n: int, name: str) -> tuple[int, ...]:
+    _check_window(value, name)
     values = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(values) != n or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0
-                               for v in values):
+    if len(values) != n:
         raise ValueError(
             f"{name} must be a positive int or {n} positive ints (one per spatial axis), "
             f"got {value!r}"
@@ -979,10 +1045,11 @@ def _box(size: int, device) -> Tensor:
     return torch.ones(size, device=device)
 
 
-def _gaussian(size: int, sigma: float, device) -> Tensor:
-    r = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
+def _gaussian(size: int, sigma: float, device, dtype: torch.dtype) -> Tensor:
+    # Built in float64 on the CPU (some accelerators, e.g. MPS, have no float64), then moved.
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-0.5 * (r / sigma) ** 2)
-    return g / g.sum()
+    return (g / g.sum()).to(device=device, dtype=dtype)
 
 
 def local_response_norm(
@@ -1041,15 +1108,14 @@ def local_contrast_norm(
     """
     check_input(x)
     _check_eps(eps)
+    _check_positive_number(sigma, "sigma")
     axes = list(range(2, x.dim()))
     sizes = _as_tuple(kernel_size, len(axes), "kernel_size")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
     xc = x.to(compute_dtype(x.dtype))
     # The local means are shift invariant; removing the sample mean first makes a
     # constant image exactly zero instead of rounding noise divided by eps.
     xc = xc - xc.mean(dim=tuple(range(1, x.dim())), keepdim=True)
-    kernels = [_gaussian(s, sigma, x.device) for s in sizes]
+    kernels = [_gaussian(s, sigma, x.device, xc.dtype) for s in sizes]
     centered = xc - _window_mean(xc.mean(dim=1, keepdim=True), axes, kernels)
     local_std = torch.sqrt(_window_mean((centered * centered).mean(dim=1, keepdim=True),
                                         axes, kernels))
@@ -1093,8 +1159,7 @@ def divisive_norm(
     if channel_size is not None and (isinstance(channel_size, bool)
                                      or not isinstance(channel_size, int) or channel_size <= 0):
         raise ValueError(f"channel_size must be a positive int or None, got {channel_size!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    _check_positive_number(sigma, "sigma")
     xc = x.to(compute_dtype(x.dtype))
     kernels = [_box(s, x.device) for s in sizes]
 

@@ -7,8 +7,10 @@ batch statistics follow torch's train/eval semantics: in training they use
 and update the running statistics (unbiased running variance; ``momentum=None``
 gives a cumulative average), in evaluation they use the running statistics.
 All layers accept ``(N, C)`` inputs (after a linear layer) as well as
-``(N, C, *)`` feature maps. Chapter "Review I: normalizing activations"
-explains them; all are registered for :func:`normlib.registry.create_norm`.
+``(N, C, *)`` feature maps (except :class:`RegionNorm`, whose regions are
+spatial). Chapter "Review I: normalizing activations" explains them; all but
+:class:`RegionNorm` (which needs a mask) are registered for
+:func:`normlib.registry.create_norm`.
 
 Example:
     >>> import torch, normlib
@@ -27,7 +29,15 @@ import torch
 from torch import Tensor, nn
 
 from normlib import functional as NF
-from normlib.functional import BACKENDS, check_input, default_num_groups
+from normlib.functional import (
+    BACKENDS,
+    _batch_count_message,
+    _check_instance_count,
+    _check_positive_number,
+    _check_window,
+    check_input,
+    default_num_groups,
+)
 from normlib.registry import register_norm
 
 __all__ = [
@@ -111,7 +121,8 @@ class NormLayer(nn.Module):
     """
 
     running_keys: tuple[str, ...] = ()
-    # Statistics pooled over the batch, so training needs more than one value per statistic.
+    # Statistics pooled over the batch, so training (and evaluation without running
+    # statistics, which then uses the batch's) needs more than one value per statistic.
     uses_batch_statistics: bool = False
 
     def __init__(
@@ -183,13 +194,11 @@ class NormLayer(nn.Module):
         return 0.0 if self.momentum is None else self.momentum
 
     def _check(self, x: Tensor) -> None:
+        """Checks before any computation (and before the batch counter moves)."""
         check_input(x, num_features=self.num_features)
-        if self.uses_batch_statistics and self.training and x.numel() // self._stats_size <= 1:
-            raise ValueError(
-                f"{type(self).__name__} in training needs more than 1 value per channel to "
-                f"estimate batch statistics, got input of shape {tuple(x.shape)}; use a batch "
-                "of 2 or more, call .eval(), or pick a batch-independent normalizer (ln, gn, in)"
-            )
+        use_batch = self.training or not self.track_running_stats
+        if self.uses_batch_statistics and use_batch and x.numel() // self._stats_size <= 1:
+            raise ValueError(_batch_count_message(type(self).__name__, x, self.training))
 
     def extra_repr(self) -> str:
         parts = [f"{self.num_features}", f"eps={self.eps}"]
@@ -364,6 +373,8 @@ class PopulationNorm(NormLayer):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = None,
                  affine: bool = True, center_only: bool = False, device=None, dtype=None):
         self.center_only = center_only
+        # A variance estimate needs two values per channel; a mean estimate needs one.
+        self.uses_batch_statistics = not center_only
         super().__init__(num_features, eps, momentum, affine, True, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -479,8 +490,9 @@ class InstanceNorm(NormLayer):
 
     Unlike torch's ``InstanceNorm2d`` the affine parameters are on by default
     (as for the other normalizers of the book). On ``(N, C)`` inputs the output
-    is ``bias``: one element per statistic. See
-    :func:`normlib.functional.instance_norm`.
+    is ``bias``: one element per statistic. With ``track_running_stats`` such an
+    input raises ``ValueError`` in training (as torch does): one element has no
+    variance to average. See :func:`normlib.functional.instance_norm`.
 
     Args:
         num_features: ``C``.
@@ -505,6 +517,11 @@ class InstanceNorm(NormLayer):
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
         self.backend = _check_backend(backend)
+
+    def _check(self, x: Tensor) -> None:
+        super()._check(x)
+        if self.training and self.track_running_stats:
+            _check_instance_count(x, type(self).__name__)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
@@ -593,6 +610,8 @@ class RegionNorm(NormLayer):
         num_features: ``C``.
         eps: added to the variance.
         affine: learn ``weight`` and ``bias``.
+        num_regions: ``R``, the labels allowed in ``regions`` are ``0 .. R - 1``;
+            ``None`` infers it from each mask.
         device: factory argument.
         dtype: factory argument.
 
@@ -603,14 +622,20 @@ class RegionNorm(NormLayer):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True,
-                 device=None, dtype=None):
+                 num_regions: int | None = None, device=None, dtype=None):
+        if num_regions is not None:
+            _check_positive_int(num_regions, "num_regions")
         super().__init__(num_features, eps, None, affine, device=device, dtype=dtype)
+        self.num_regions = num_regions
 
     def forward(self, x: Tensor, regions: Tensor | None = None) -> Tensor:
         self._check(x)
         if regions is None:
             regions = torch.zeros((x.shape[0], *x.shape[2:]), dtype=torch.long, device=x.device)
-        return NF.region_norm(x, regions, self.weight, self.bias, self.eps)
+        return NF.region_norm(x, regions, self.weight, self.bias, self.eps, self.num_regions)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", num_regions={self.num_regions}"
 
 
 # ----------------------------------------------------------------------------- FRN, EvoNorm
@@ -810,6 +835,8 @@ class LocalContrastNorm(NormLayer):
 
     def __init__(self, num_features: int, kernel_size: int = 9, sigma: float = 2.0,
                  eps: float = 1e-5):
+        _check_window(kernel_size, "kernel_size")
+        _check_positive_number(sigma, "sigma")
         super().__init__(num_features, eps, None, affine=False)
         self.kernel_size, self.sigma = kernel_size, sigma
 
@@ -842,6 +869,10 @@ class DivisiveNorm(NormLayer):
 
     def __init__(self, num_features: int, spatial_size: int = 3,
                  channel_size: int | None = None, sigma: float = 1.0, center: bool = True):
+        _check_window(spatial_size, "spatial_size")
+        if channel_size is not None:
+            _check_positive_int(channel_size, "channel_size")
+        _check_positive_number(sigma, "sigma")
         super().__init__(num_features, 1e-5, None, affine=False)
         self.spatial_size, self.channel_size = spatial_size, channel_size
         self.sigma, self.center = sigma, center
@@ -881,6 +912,7 @@ class LocalContextNorm(NormLayer):
                  affine: bool = True, device=None, dtype=None):
         _check_positive_int(num_features, "num_features")
         self.num_groups = resolve_groups(num_features, num_groups, group_size)
+        _check_window(window_size, "window_size")
         self.window_size = window_size
         super().__init__(num_features, eps, None, affine, device=device, dtype=dtype)
 

@@ -8,10 +8,12 @@ so only rounding differs.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_layers import (  # noqa: F401  (one_cpu_thread is an autouse fixture)
     TOL,
@@ -21,6 +23,7 @@ from test_layers import (  # noqa: F401  (one_cpu_thread is an autouse fixture)
 )
 from torch import nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 
 import normlib
 from normlib import functional as NF
@@ -150,11 +153,14 @@ class RefPositionalNorm(nn.Module):
 
 
 class RefPopulationNorm(nn.Module):
-    """Training-set statistics as cumulative averages; no gradient through them."""
+    """Training-set statistics as cumulative averages; no gradient through them.
 
-    def __init__(self, c, eps=1e-5):
+    ``center_only``: ``y = (x - mu_hat) * weight + bias``; the variance estimate stays 1.
+    """
+
+    def __init__(self, c, eps=1e-5, center_only=False):
         super().__init__()
-        self.eps = eps
+        self.eps, self.center_only = eps, center_only
         self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
         self.register_buffer("running_mean", torch.zeros(c))
         self.register_buffer("running_var", torch.ones(c))
@@ -168,9 +174,11 @@ class RefPopulationNorm(nn.Module):
                 self.seen += 1
                 w = 1.0 / self.seen
                 self.running_mean.mul_(1 - w).add_(w * x.mean(dims))
-                self.running_var.mul_(1 - w).add_(w * x.var(dims, unbiased=True))
-        mean, var = channel_view(self.running_mean, nd), channel_view(self.running_var, nd)
-        y = (x - mean) / torch.sqrt(var + self.eps)
+                if not self.center_only:
+                    self.running_var.mul_(1 - w).add_(w * x.var(dims, unbiased=True))
+        y = x - channel_view(self.running_mean, nd)
+        if not self.center_only:
+            y = y / torch.sqrt(channel_view(self.running_var, nd) + self.eps)
         return y * channel_view(self.weight, nd) + channel_view(self.bias, nd)
 
 
@@ -217,6 +225,26 @@ def test_population_norm_equals_cumulative_training_set_statistics(dtype):
     assert_same_layer(L.PopulationNorm(5), RefPopulationNorm(5), (6, 5, 2, 2), dtype, steps=4)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, F64))
+@pytest.mark.parametrize("shape", [(6, 5), (4, 5, 2, 2)])
+def test_population_norm_center_only_equals_reference_centering_formula(shape, dtype):
+    # train steps, then eval: y = (x - cumulative mean estimate) * weight + bias, no scaling
+    ours = L.PopulationNorm(5, center_only=True)
+    assert_same_layer(ours, RefPopulationNorm(5, center_only=True), shape, dtype, steps=4)
+    assert torch.equal(ours.running_var, torch.ones(5, dtype=dtype))  # never estimated
+
+
+def test_population_norm_center_only_learns_the_mean_from_batches_of_one_sample():
+    # a mean estimate needs one value per channel (a variance estimate needs two)
+    layer = L.PopulationNorm(3, center_only=True, affine=False).double()
+    xs = torch.randn(20, 1, 3, dtype=F64) * 2 + torch.tensor([1.0, -2.0, 5.0], dtype=F64)
+    for x in xs:
+        layer(x)
+    torch.testing.assert_close(layer.running_mean, xs.mean(dim=(0, 1)), **TOL[F64])
+    layer.eval()
+    torch.testing.assert_close(layer(xs[0]), xs[0] - xs.mean(dim=(0, 1)), **TOL[F64])
+
+
 def test_population_norm_output_of_a_sample_does_not_depend_on_its_batch_mates():
     layer = L.PopulationNorm(3, momentum=0.0)  # frozen estimates: only the batch-mates change
     x = torch.randn(1, 3, 4, 4, dtype=F64)
@@ -259,6 +287,33 @@ def test_region_norm_with_one_region_equals_instance_norm():
     torch.testing.assert_close(layer(x, mask), layer(x), **TOL[F64])
 
 
+def test_region_norm_label_not_below_num_regions_raises_value_error_before_computing():
+    x, labels = torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long)
+    labels[1, 2:] = 2
+    with pytest.raises(ValueError, match=r"regions holds the label 2 but num_regions=2.*"
+                                         r"num_regions=3 or None"):
+        NF.region_norm(x, labels, num_regions=2)
+    with pytest.raises(ValueError, match=r"num_regions must be a positive int"):
+        NF.region_norm(x, labels, num_regions=0)
+    with pytest.raises(ValueError, match=r"labels >= 0, got the label -1"):
+        NF.region_norm(x, labels - 1)
+    assert NF.region_norm(x, labels, num_regions=3).shape == x.shape  # unused labels are fine
+
+
+def test_region_norm_layer_rejects_a_wrong_mask():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"regions must have shape \(2, 4, 4\)"):
+        L.RegionNorm(3)(x, torch.zeros(2, 4, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="integer or boolean"):
+        L.RegionNorm(3)(x, torch.zeros(2, 4, 4))
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    labels[0, 0, 0] = 2
+    with pytest.raises(ValueError, match=r"label 2 but num_regions=2"):
+        L.RegionNorm(3, num_regions=2)(x, labels)
+    with pytest.raises(ValueError, match=r"num_regions must be a positive int, got 0"):
+        L.RegionNorm(3, num_regions=0)
+
+
 # --------------------------------------------------------------------------- local normalizers
 
 
@@ -278,6 +333,31 @@ def test_local_contrast_norm_equals_2d_gaussian_convolution_reference():
     c = s.mean(dim=(2, 3), keepdim=True)
     expected = v / torch.maximum(s, c)
     torch.testing.assert_close(NF.local_contrast_norm(x, k, sigma), expected, **TOL[F64])
+
+
+class _Float64OffCPU(TorchFunctionMode):
+    """Records every float64 tensor that a torch call creates on a device other than the CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == F64 and t.device.type != "cpu":
+                self.seen.append(getattr(func, "__name__", str(func)))
+        return out
+
+
+def test_local_contrast_norm_creates_no_float64_tensor_off_the_cpu():
+    # MPS has no float64: the Gaussian window is built in float64 on the CPU and moved.
+    # The meta device stands in for an accelerator (shapes and dtypes, no data).
+    x = torch.randn(2, 3, 8, 8, device="meta")
+    with _Float64OffCPU() as mode:
+        y = NF.local_contrast_norm(x, kernel_size=5, sigma=1.5)
+    assert y.dtype == torch.float32 and y.device.type == "meta"
+    assert mode.seen == []
 
 
 def test_local_contrast_norm_of_a_constant_image_is_zero():
@@ -445,11 +525,21 @@ def test_gradcheck_in_float64_for_every_layer(name):
     _gradcheck_layer(layer, torch.randn(shape, dtype=F64))
 
 
-@pytest.mark.parametrize("name", ["bn", "bgn", "vn", "evonorm_b0", "in_running"])
+EVAL_GRADCHECK_LAYERS = {
+    "bn": lambda: L.BatchNorm(4),
+    "bn_framework": lambda: L.BatchNorm(4, backend="framework"),
+    "bgn": lambda: L.BatchGroupNorm(4, num_groups=2),
+    "vn": lambda: L.VarianceNorm(4),
+    "evonorm_b0": lambda: L.EvoNormB0(4),
+    "in_running": lambda: L.InstanceNorm(4, track_running_stats=True),
+    "in_running_framework": lambda: L.InstanceNorm(4, track_running_stats=True,
+                                                   backend="framework"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVAL_GRADCHECK_LAYERS))
 def test_gradcheck_in_evaluation_mode_with_running_statistics(name):
-    layer = {"bn": L.BatchNorm(4), "bgn": L.BatchGroupNorm(4, num_groups=2),
-             "vn": L.VarianceNorm(4), "evonorm_b0": L.EvoNormB0(4),
-             "in_running": L.InstanceNorm(4, track_running_stats=True)}[name].double()
+    layer = EVAL_GRADCHECK_LAYERS[name]().double()
     layer(torch.randn(5, 4, 3, 3, dtype=F64) * 2 + 1)
     layer.eval()
     _gradcheck_layer(layer, torch.randn(2, 4, 2, 2, dtype=F64))
@@ -505,10 +595,44 @@ shape_strategy = st.tuples(
 )
 
 
-def property_tolerance(dtype: torch.dtype, scale: float, shift: float) -> float:
-    """Rounding of x is amplified by (|shift| + spread) / spread once x is centered: an input
-    at -1e3 with spread 1e-2 keeps only ~2 significant float32 digits of its deviations."""
-    return max(1e-7, 100 * torch.finfo(dtype).eps * (abs(shift) + 3 * scale) / scale)
+def property_tolerance(rows_x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-row tolerance of mean 0 / unit variance for the rows of ``x`` that share statistics.
+
+    Computing the mean of a row in ``dtype`` leaves an error of a few ulps of ``max|x|``
+    (slowly growing with the row length ``m``), and centering and dividing by
+    ``sqrt(var + eps)`` amplifies it to ``eps_dtype * max|x| / sqrt(var + eps)``; the
+    ``+ 1`` covers rounding the O(1) output. An input at -1e3 with spread 1e-2 in float32
+    keeps ~1e-2 of its deviations: its tolerance is 3 such units, about 4e-2 to 1e-1
+    (torch's own float32 kernels deviate by up to 3e-2 there).
+    """
+    m = rows_x.shape[1]
+    spread = torch.sqrt(rows_x.var(1, unbiased=False) + 1e-5)
+    amplification = rows_x.abs().amax(1) / spread + 1
+    return 3 * torch.finfo(dtype).eps * (1 + math.log2(m) / 4) * amplification
+
+
+def assert_standardized(rows_x: torch.Tensor, rows_y: torch.Tensor, dtype: torch.dtype) -> None:
+    """Each row of ``y`` has mean 0 and variance ``var_x / (var_x + eps)`` (0 for one element)."""
+    var_x = rows_x.var(1, unbiased=False)
+    tol = property_tolerance(rows_x, dtype)
+    mean_err = rows_y.mean(1).abs()
+    var_err = (rows_y.var(1, unbiased=False) - var_x / (var_x + 1e-5)).abs()
+    assert (mean_err <= tol).all(), f"mean off by {(mean_err / tol).max():.3g} tolerances"
+    assert (var_err <= tol).all(), f"variance off by {(var_err / tol).max():.3g} tolerances"
+
+
+def test_property_tolerance_is_tight_enough_to_catch_an_unbiased_variance_at_large_shift():
+    # the worst-conditioned case of the property test: shift -1e3, spread 1e-2, float32
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 6, 3, generator=g, dtype=F64) * 1e-2 - 1e3).float()
+    rows_x = pooled_rows(x.double(), "batch", 6)
+    assert property_tolerance(rows_x, torch.float32).max() < 0.15
+    assert_standardized(rows_x, pooled_rows(NF.batch_norm(x).double(), "batch", 6), torch.float32)
+    # dividing by the unbiased standard deviation (m = 6) shrinks the variance by 17%
+    m = rows_x.shape[1]
+    wrong = NF.batch_norm(x).double() * math.sqrt((m - 1) / m)
+    with pytest.raises(AssertionError, match="variance off"):
+        assert_standardized(rows_x, pooled_rows(wrong, "batch", 6), torch.float32)
 
 
 @settings(max_examples=80, deadline=None)
@@ -525,13 +649,39 @@ def test_standardizers_give_zero_mean_and_unit_variance_over_their_partition(
     x = x.to(dtype)
     fn, kind = STANDARDIZERS[name]
     y = fn(x, groups, backend).double()
-    rows_x, rows_y = pooled_rows(x.double(), kind, groups), pooled_rows(y, kind, groups)
-    var_x = rows_x.var(1, unbiased=False)
     # The promise up to eps: mean 0, variance var_x / (var_x + eps) (which is 0 for one element).
-    tol = property_tolerance(dtype, scale, shift)
-    torch.testing.assert_close(rows_y.mean(1), torch.zeros_like(var_x), atol=tol, rtol=0)
-    torch.testing.assert_close(rows_y.var(1, unbiased=False), var_x / (var_x + 1e-5),
-                               atol=tol, rtol=tol)
+    assert_standardized(pooled_rows(x.double(), kind, groups), pooled_rows(y, kind, groups), dtype)
+
+
+RMS_SCALERS = {
+    # name: (layer with affine off, axes of x that share the mean square)
+    "rms": (lambda c, be: L.RMSNorm(c, affine=False, backend=be), "layer"),
+    "vn": (lambda c, be: L.VarianceNorm(c, affine=False), "batch"),
+    "frn": (lambda c, be: L.FilterResponseNorm(c, eps=1e-5, affine=False, use_tlu=False),
+            "instance"),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shape_strategy, name=st.sampled_from(sorted(RMS_SCALERS)),
+       backend=st.sampled_from(["auto", "framework"]), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([1e-2, 1.0, 1e3]), shift=st.sampled_from([0.0, 5.0, -1e3]),
+       dtype=st.sampled_from([torch.float32, F64]))
+def test_rms_vn_and_frn_give_unit_mean_square_over_their_partition(
+    shape, name, backend, seed, scale, shift, dtype
+):
+    n, groups, gsize, spatial = shape
+    c = groups * gsize
+    x = torch.randn((n, c, *spatial), generator=torch.Generator().manual_seed(seed),
+                    dtype=F64) * scale + shift
+    x = x.to(dtype)
+    make, kind = RMS_SCALERS[name]
+    y = make(c, backend).to(dtype)(x).double()
+    rows_x, rows_y = pooled_rows(x.double(), kind, c), pooled_rows(y, kind, c)
+    ms_x = rows_x.pow(2).mean(1)
+    # No centering, so no cancellation: only a few relative roundings of the mean square.
+    tol = 3 * torch.finfo(dtype).eps * (1 + math.log2(rows_x.shape[1]))
+    torch.testing.assert_close(rows_y.pow(2).mean(1), ms_x / (ms_x + 1e-5), atol=tol, rtol=tol)
 
 
 LOW = [torch.float16, torch.bfloat16]
@@ -539,10 +689,28 @@ LOW = [torch.float16, torch.bfloat16]
 RESOLUTION = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 1e-5}
 
 ALL_LAYERS = ["bn", "ln", "in", "gn", "bgn", "pn", "rms", "vn", "frn", "evonorm_b0",
-              "evonorm_s0", "lrn", "local_contrast", "divisive", "local_context", "population"]
+              "evonorm_s0", "lrn", "local_contrast", "divisive", "local_context", "population",
+              "region"]
 
 
-CENTERING = {"bn", "ln", "in", "gn", "bgn", "pn", "local_contrast", "local_context", "population"}
+CENTERING = {"bn", "ln", "in", "gn", "bgn", "pn", "local_contrast", "local_context", "population",
+             "region"}
+
+
+def build_layer(name: str, num_features: int = 8, **kwargs) -> nn.Module:
+    """``create_norm``, plus RegionNorm: not in the registry since it takes a mask."""
+    if name == "region":
+        return L.RegionNorm(num_features, **kwargs)
+    return normlib.create_norm(name, num_features, **kwargs)
+
+
+def run_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``; RegionNorm gets a checkerboard of two regions over the spatial axes."""
+    if isinstance(layer, L.RegionNorm):
+        grids = torch.meshgrid(*(torch.arange(s) for s in x.shape[2:]), indexing="ij")
+        labels = (sum(grids) % 2).expand(x.shape[0], *x.shape[2:])
+        return layer(x, labels)
+    return layer(x)
 
 
 @settings(max_examples=50, deadline=None)
@@ -552,30 +720,40 @@ CENTERING = {"bn", "ln", "in", "gn", "bgn", "pn", "local_contrast", "local_conte
 def test_no_nan_or_inf_for_finite_inputs_including_constant_and_half_precision(
     name, dtype, constant, seed, spatial
 ):
+    assume(name != "region" or spatial)  # regions are spatial
     shape = (4, 8, *spatial)
     if constant is None:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 100
     else:
         x = torch.full(shape, constant)
     x = x.to(dtype)
-    exact = normlib.create_norm(name, 8)(x.float())
+    full = build_layer(name)
+    exact = run_layer(full, x.float())
     assert torch.isfinite(exact).all()
-    layer = normlib.create_norm(name, 8).to(dtype)
-    y = layer(x)
+    layer = build_layer(name).to(dtype)
+    y = run_layer(layer, x)
     assert y.dtype == dtype
-    # A non-centering layer maps a constant c to about c / sqrt(eps) (EvoNorm), which
-    # may exceed the float16 range; only then is inf the correctly rounded answer.
-    if exact.abs().max() < torch.finfo(dtype).max / 2:
+    # A non-centering layer maps a constant c to about c / sqrt(eps) (EvoNorm), and
+    # EvoNorm-S0 with one element per group maps x to about x / sqrt(eps): that may exceed
+    # the float16 range, and only then is inf the correctly rounded answer.
+    in_range = torch.finfo(dtype).max / 2
+    if exact.abs().max() < in_range:
         assert torch.isfinite(y).all()
     if constant is not None and name in CENTERING:
         assert y.float().abs().max() < 0.1  # a constant carries no signal after centering
+    # The same in evaluation (running statistics after the training step above); no layer
+    # is exempt, EvoNorm included.
+    full.eval()
     layer.eval()
-    assert torch.isfinite(layer(x).float()).all() or name.startswith("evonorm")
+    exact = run_layer(full, x.float())
+    assert torch.isfinite(exact).all()
+    if exact.abs().max() < in_range:
+        assert torch.isfinite(run_layer(layer, x).float()).all()
 
 
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("name", ["bn", "ln", "in", "gn", "bgn", "pn", "rms", "vn", "frn",
-                                  "evonorm_s0"])
+                                  "evonorm_s0", "region"])
 @pytest.mark.parametrize("backend_kw", [{}, {"backend": "framework"}])
 def test_half_precision_inputs_are_normalized_with_float32_statistics(name, dtype, backend_kw):
     # Values near 300: their squares overflow float16 (max 65504), so float16
@@ -583,9 +761,9 @@ def test_half_precision_inputs_are_normalized_with_float32_statistics(name, dtyp
     torch.manual_seed(0)
     x = (torch.randn(4, 8, 5, 5) * 20 + 300).to(dtype)
     kw = backend_kw if name in ("bn", "ln", "in", "gn", "rms") else {}
-    low, full = normlib.create_norm(name, 8, **kw).to(dtype), normlib.create_norm(name, 8, **kw)
-    expected = full(x.float())
-    y = low(x)
+    low, full = build_layer(name, **kw).to(dtype), build_layer(name, **kw)
+    expected = run_layer(full, x.float())
+    y = run_layer(low, x)
     assert y.dtype == dtype
     torch.testing.assert_close(y.float(), expected, atol=RESOLUTION[dtype] * 4,
                                rtol=RESOLUTION[dtype])
@@ -595,25 +773,26 @@ def test_half_precision_inputs_are_normalized_with_float32_statistics(name, dtyp
 # --------------------------------------------------------------------------- errors
 
 ERROR_LAYERS = ["bn", "ln", "in", "gn", "bgn", "pn", "rms", "vn", "frn", "evonorm_b0",
-                "evonorm_s0", "lrn", "local_contrast", "divisive", "local_context", "population"]
+                "evonorm_s0", "lrn", "local_contrast", "divisive", "local_context", "population",
+                "region"]
 
 
 @pytest.mark.parametrize("name", ERROR_LAYERS)
 def test_wrong_rank_raises_value_error_naming_the_shape(name):
     with pytest.raises(ValueError, match=r"shape \(N, C, \*\).*got shape \(8,\)"):
-        normlib.create_norm(name, 8)(torch.randn(8))
+        build_layer(name)(torch.randn(8))
 
 
 @pytest.mark.parametrize("name", ERROR_LAYERS)
 def test_channel_mismatch_raises_value_error_naming_num_features(name):
     with pytest.raises(ValueError, match=r"has 6 channels.*num_features=8"):
-        normlib.create_norm(name, 8)(torch.randn(4, 6, 3, 3))
+        build_layer(name)(torch.randn(4, 6, 3, 3))
 
 
 @pytest.mark.parametrize("name", ERROR_LAYERS)
 def test_integer_input_raises_type_error(name):
     with pytest.raises(TypeError, match=r"floating-point tensor, got dtype torch.int64"):
-        normlib.create_norm(name, 8)(torch.ones(4, 8, 3, 3, dtype=torch.long))
+        build_layer(name)(torch.ones(4, 8, 3, 3, dtype=torch.long))
 
 
 @pytest.mark.parametrize("name", ["gn", "bgn", "evonorm_s0", "local_context"])
@@ -634,7 +813,7 @@ def test_groups_and_group_size_together_raise_value_error():
         L.GroupNorm(8, num_groups=2, group_size=4)
 
 
-@pytest.mark.parametrize("name", ["bn", "bgn", "vn", "evonorm_b0"])
+@pytest.mark.parametrize("name", ["bn", "bgn", "vn", "evonorm_b0", "population"])
 @pytest.mark.parametrize("shape", [(1, 8), (1, 8, 1, 1)])
 def test_batch_statistics_from_one_value_per_channel_raise_in_training(name, shape):
     layer = normlib.create_norm(name, 8, **({"num_groups": 8} if name == "bgn" else {}))
@@ -645,6 +824,80 @@ def test_batch_statistics_from_one_value_per_channel_raise_in_training(name, sha
         assert torch.equal(v, before[k]), k
     layer.eval()
     assert layer(torch.randn(shape)).shape == shape
+
+
+@pytest.mark.parametrize("name", ["bn", "bgn", "vn", "evonorm_b0"])
+def test_batch_statistics_without_running_stats_in_eval_raise_naming_evaluation(name):
+    kw = {"num_groups": 8} if name == "bgn" else {}
+    layer = normlib.create_norm(name, 8, track_running_stats=False, **kw).eval()
+    with pytest.raises(ValueError, match=r"in evaluation has no running statistics.*"
+                                         r"more than 1 value per channel") as info:
+        layer(torch.randn(1, 8))
+    assert "in training" not in str(info.value)
+    fn = {"bn": NF.batch_norm, "vn": NF.variance_norm, "evonorm_b0": NF.evonorm_b0,
+          "bgn": lambda x, training: NF.batch_group_norm(x, 8, training=training)}[name]
+    with pytest.raises(ValueError, match=r"in evaluation has no running statistics"):
+        fn(torch.randn(1, 8), training=False)
+    assert layer(torch.randn(2, 8)).shape == (2, 8)  # two values: batch statistics exist
+
+
+@pytest.mark.parametrize("backend", ("auto", "framework"))
+@pytest.mark.parametrize("shape", [(4, 8), (4, 8, 1, 1), (4, 8, 1)])
+def test_instance_norm_running_stats_from_one_value_per_instance_raise_in_training(backend,
+                                                                                  shape):
+    layer = L.InstanceNorm(8, track_running_stats=True, backend=backend)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    with pytest.raises(ValueError, match=r"more than 1 spatial element per \(sample, channel\)"
+                                         r".*track_running_stats=False"):
+        layer(torch.randn(shape) * 3 + 1)
+    for k, v in layer.state_dict().items():  # running_var was not driven toward 0
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match=r"more than 1 spatial element"):
+        NF.instance_norm(torch.randn(shape), torch.zeros(8), torch.ones(8), backend=backend)
+    layer.eval()  # evaluation with running statistics is well defined
+    assert layer(torch.randn(shape)).shape == shape
+    # without running statistics each statistic covers one element: the output is the bias
+    no_running = L.InstanceNorm(8, backend=backend)
+    randomize_parameters(no_running)
+    out = no_running(torch.randn(shape))
+    torch.testing.assert_close(out, no_running.bias.detach().reshape((1, 8) + (1,) * (len(shape) - 2))
+                               .expand(shape), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("make, match, error", [
+    (lambda: L.LocalContrastNorm(4, sigma=0.0), r"sigma must be a positive finite float, got 0.0",
+     ValueError),
+    (lambda: L.LocalContrastNorm(4, sigma=-1.0), r"sigma .* got -1.0", ValueError),
+    (lambda: L.LocalContrastNorm(4, sigma="a"), r"sigma must be a positive float, got 'a'",
+     TypeError),
+    (lambda: L.LocalContrastNorm(4, kernel_size=0), r"kernel_size must be a positive int.*got 0",
+     ValueError),
+    (lambda: L.DivisiveNorm(4, sigma=0), r"sigma must be a positive finite float, got 0",
+     ValueError),
+    (lambda: L.DivisiveNorm(4, sigma="a"), r"sigma must be a positive float, got 'a'", TypeError),
+    (lambda: L.DivisiveNorm(4, spatial_size=(3, 0)), r"spatial_size .* got \(3, 0\)",
+     ValueError),
+    (lambda: L.DivisiveNorm(4, channel_size=0), r"channel_size must be a positive int, got 0",
+     ValueError),
+    (lambda: L.LocalContextNorm(4, num_groups=2, window_size=0),
+     r"window_size must be a positive int.*got 0", ValueError),
+    (lambda: L.LocalContextNorm(4, num_groups=2, window_size=2.5),
+     r"window_size must be a positive int.*got 2.5", ValueError),
+])
+def test_local_normalizer_arguments_are_checked_at_construction(make, match, error):
+    with pytest.raises(error, match=match):
+        make()
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda x: NF.local_contrast_norm(x, sigma="a"), TypeError),
+    (lambda x: NF.local_contrast_norm(x, sigma=float("nan")), ValueError),
+    (lambda x: NF.divisive_norm(x, sigma="a"), TypeError),
+    (lambda x: NF.local_context_norm(x, 2, window_size=2.5), ValueError),
+])
+def test_functional_local_normalizers_name_a_bad_sigma_or_window(call, error):
+    with pytest.raises(error, match=r"sigma|window_size"):
+        call(torch.randn(2, 4, 5, 5))
 
 
 def test_functional_batch_norm_with_one_value_per_channel_raises_like_torch():

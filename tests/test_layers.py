@@ -32,7 +32,7 @@ BACKENDS = ("auto", "framework")
 
 
 def randomize_parameters(*modules: nn.Module, seed: int = 0) -> None:
-    """Give both modules the same non-trivial parameters (ones/zeros would hide bugs)."""
+    """Give the modules the same non-trivial parameters by position (ones/zeros would hide bugs)."""
     g = torch.Generator().manual_seed(seed)
     for m in modules:
         for p in m.parameters():
@@ -41,25 +41,61 @@ def randomize_parameters(*modules: nn.Module, seed: int = 0) -> None:
         g.manual_seed(seed)
 
 
+def paired_parameters(ours: nn.Module, oracle: nn.Module) -> list[tuple[str, nn.Parameter,
+                                                                        nn.Parameter]]:
+    """``(name, ours_param, oracle_param)``: paired by name where both modules use the name,
+    the rest by position (an oracle may call its gain differently)."""
+    a, b = dict(ours.named_parameters()), dict(oracle.named_parameters())
+    common = [n for n in a if n in b]
+    rest_a, rest_b = [n for n in a if n not in b], [n for n in b if n not in a]
+    assert len(rest_a) == len(rest_b), f"parameters differ: {sorted(a)} vs {sorted(b)}"
+    pairs = [(n, a[n], b[n]) for n in common]
+    pairs += [(f"{na}~{nb}", a[na], b[nb]) for na, nb in zip(rest_a, rest_b, strict=True)]
+    for name, pa, pb in pairs:
+        assert pa.shape == pb.shape, f"{name}: {tuple(pa.shape)} vs {tuple(pb.shape)}"
+    return pairs
+
+
+def _randomize_pairs(pairs, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, pa, pb in pairs:
+            value = torch.randn(pa.shape, generator=g, dtype=torch.float64)
+            pa.copy_(value.to(pa.dtype))
+            pb.copy_(value.to(pb.dtype))
+
+
+def _assert_same_step(ours, oracle, pairs, x, g, tol) -> None:
+    """Outputs, input gradients and parameter gradients of one forward/backward agree."""
+    for _, pa, pb in pairs:
+        pa.grad = pb.grad = None
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), oracle(xb)
+    mode = "train" if ours.training else "eval"
+    torch.testing.assert_close(ya, yb, **tol, msg=lambda m: f"{mode} output: {m}")
+    grad_out = torch.randn(ya.shape, generator=g, dtype=torch.float64).to(ya.dtype)
+    ya.backward(grad_out)
+    yb.backward(grad_out)
+    torch.testing.assert_close(xa.grad, xb.grad, **tol, msg=lambda m: f"{mode} input grad: {m}")
+    for name, pa, pb in pairs:
+        assert (pa.grad is None) == (pb.grad is None), f"{mode} grad of {name}"
+        if pa.grad is not None:
+            torch.testing.assert_close(pa.grad, pb.grad, **tol,
+                                       msg=lambda m, name=name: f"{mode} grad of {name}: {m}")
+
+
 def assert_same_layer(ours: nn.Module, oracle: nn.Module, shape, dtype, *, steps: int = 3,
                       buffers=("running_mean", "running_var"), seed: int = 0) -> None:
-    """Train ``steps`` batches then evaluate: outputs, input/parameter gradients, buffers agree."""
+    """Train ``steps`` batches then evaluate one: in both modes outputs, input gradients and
+    parameter gradients (paired by name) agree, and after each training step the buffers."""
     ours, oracle = ours.to(dtype), oracle.to(dtype)
-    randomize_parameters(ours, oracle, seed=seed)
+    pairs = paired_parameters(ours, oracle)
+    _randomize_pairs(pairs, seed)
     tol = TOL[dtype]
     g = torch.Generator().manual_seed(seed + 1)
     for _ in range(steps):
         x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5).to(dtype)
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ya, yb = ours(xa), oracle(xb)
-        torch.testing.assert_close(ya, yb, **tol)
-        grad_out = torch.randn(ya.shape, generator=g, dtype=torch.float64).to(dtype)
-        ya.backward(grad_out)
-        yb.backward(grad_out)
-        torch.testing.assert_close(xa.grad, xb.grad, **tol)
-        for (na, pa), (_, pb) in zip(ours.named_parameters(), oracle.named_parameters(),
-                                     strict=True):
-            torch.testing.assert_close(pa.grad, pb.grad, **tol, msg=f"grad of {na}")
+        _assert_same_step(ours, oracle, pairs, x, g, tol)
         for name in buffers:
             a, b = getattr(ours, name, None), getattr(oracle, name, None)
             assert (a is None) == (b is None), name
@@ -68,7 +104,7 @@ def assert_same_layer(ours: nn.Module, oracle: nn.Module, shape, dtype, *, steps
     ours.eval()
     oracle.eval()
     x = (torch.randn(shape, generator=g, dtype=torch.float64) + 1).to(dtype)
-    torch.testing.assert_close(ours(x), oracle(x), **tol)
+    _assert_same_step(ours, oracle, pairs, x, g, tol)
 
 
 DTYPES = (torch.float32, torch.float64)
@@ -262,3 +298,45 @@ def test_state_dict_round_trip_preserves_running_statistics():
     clone.load_state_dict(copy.deepcopy(bn.state_dict()))
     assert torch.equal(clone.running_mean, bn.running_mean)
     assert set(bn.state_dict()) == set(nn.BatchNorm1d(3).state_dict())
+
+
+# --------------------------------------------------------------------------- the oracle helper
+
+
+class _BiasFirstBatchNorm(nn.Module):
+    """torch's BatchNorm2d with its parameters registered in the other order (bias, weight)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.weight = nn.Parameter(torch.ones(c))
+        self.inner = nn.BatchNorm2d(c, affine=False)
+
+    def forward(self, x):
+        return self.inner(x) * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+
+
+def test_assert_same_layer_pairs_parameters_by_name_not_position():
+    oracle = _BiasFirstBatchNorm(4)
+    names = [n for n, _, _ in paired_parameters(L.BatchNorm(4), oracle)]
+    assert names == ["weight", "bias"]
+    assert_same_layer(L.BatchNorm(4), oracle, (5, 4, 3, 3), torch.float64,
+                      buffers=())
+
+
+class _DetachedInEval(nn.Module):
+    """Same outputs as BatchNorm in both modes, but no gradient to the input in evaluation."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return self.bn(x if self.training else x.detach())
+
+
+def test_assert_same_layer_catches_a_gradient_that_is_wrong_only_in_evaluation():
+    ours = L.BatchNorm(4)
+    oracle = _DetachedInEval(4)
+    with pytest.raises(AssertionError, match="eval input grad"):
+        assert_same_layer(ours, oracle, (5, 4, 3, 3), torch.float64, buffers=())
