@@ -21,10 +21,13 @@ method                                      normalized weight (row ``i``)
 
 The functions follow ``torch.nn.utils.parametrizations``: they take the module
 and return it. The names ``"wn"``, ``"cwn"``, ``"own"``, ``"oni"``, ``"ws"``,
-``"sws"`` and ``"sn"`` are registered with
+``"sws"``, ``"sn"`` and ``"normprop"`` are registered with
 :func:`normlib.registry.register_weight_norm`, so a model built with
 ``norm="ws"`` standardizes the weights of its convolutions and puts
-``nn.Identity()`` where an activation normalizer would stand.
+``nn.Identity()`` where an activation normalizer would stand. (A model built
+with ``norm="normprop"`` gets NormProp's unit-norm rows but keeps its own
+activation; :func:`normprop_mlp` is the full NormProp network with
+:class:`NormPropReLU`.)
 
 Explained in the chapter "Review III: normalizing weights and gradients"
 (``chapters/review_weights.md``).
@@ -50,6 +53,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from normlib.registry import register_weight_norm
+from normlib.whitening import inverse_sqrt_symmetric
 
 __all__ = [
     "weight_normalize",
@@ -84,8 +88,14 @@ _ORTHO_METHODS = ("eigh", "newton")
 
 
 def _check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    # eps = 0 is rejected: a constant row (every row of nn.Linear(1, out)) has variance 0,
+    # a zero row norm 0 and a rank-deficient group eigenvalue 0, and each gives silent NaNs.
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(
+            f"eps must be a positive float (it keeps a constant or zero row, or a rank-deficient "
+            f"group, from dividing by zero), got {eps!r}; use e.g. 1e-5 (or 1e-12 for a nearly "
+            "exact result)"
+        )
     return float(eps)
 
 
@@ -184,7 +194,7 @@ def weight_normalize(
             a scalar for ``dim=None``).
         dim: the dimension that is not reduced; ``None`` normalizes the whole tensor.
         centered: subtract the mean of each slice before normalizing.
-        eps: lower bound on the norm (guards a zero slice).
+        eps: positive lower bound on the norm (guards a zero slice).
 
     Returns:
         torch.Tensor: the normalized weight, shape of ``v``.
@@ -195,6 +205,7 @@ def weight_normalize(
         tensor([[0.6000, 0.8000],
                 [0.0000, 1.0000]])
     """
+    eps = _check_eps(eps)
     dims = _other_dims(v.ndim, dim)
     if centered:
         v = v - v.mean(dim=dims, keepdim=True)
@@ -220,7 +231,10 @@ def orthogonalize_weight(
     - ``method="eigh"`` (OWN, Huang et al., 2018): with
       :math:`V_c V_c^\top = D \Lambda D^\top`,
       :math:`W = D (\Lambda + \epsilon I)^{-1/2} D^\top V_c`, so
-      :math:`W W^\top = I` up to ``eps``.
+      :math:`W W^\top = I` up to ``eps``. The inverse square root is
+      :func:`normlib.whitening.inverse_sqrt_symmetric`, whose backward uses divided
+      differences of :math:`t^{-1/2}` and so stays finite when eigenvalues repeat
+      (e.g. rows that are already orthonormal).
     - ``method="newton"`` (ONI, Huang et al., 2020): :math:`U = V_c / \|V_c\|_F`,
       :math:`S = U U^\top`, :math:`B_0 = I`,
       :math:`B_t = \tfrac32 B_{t-1} - \tfrac12 B_{t-1}^3 S`, :math:`W = B_T U`.
@@ -235,17 +249,22 @@ def orthogonalize_weight(
         group_size: rows per group; must divide ``out`` and be at most ``fan_in``
             (``fan_in - 1`` when centered, since centering removes one dimension).
         method: ``"eigh"`` or ``"newton"``.
-        num_iters: Newton iterations ``T`` (``method="newton"`` only).
+        num_iters: Newton iterations ``T`` (``method="newton"`` only), a positive int.
         centered: center each row before orthogonalizing.
-        eps: added to the eigenvalues (``method="eigh"`` only).
+        eps: positive, added to the eigenvalues (``method="eigh"`` only).
 
     Returns:
         torch.Tensor: ``(out, fan_in)`` with orthonormal rows within each group.
 
+    Raises:
+        ValueError: for a ``v`` that is not a matrix, a ``group_size`` that does not
+            divide ``out`` or exceeds the rank of the rows, an unknown ``method``, or a
+            non-positive ``num_iters`` or ``eps``.
+
     Example:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
-        >>> w = orthogonalize_weight(torch.randn(4, 9, dtype=torch.float64), 4, eps=0.0)
+        >>> w = orthogonalize_weight(torch.randn(4, 9, dtype=torch.float64), 4, eps=1e-12)
         >>> torch.allclose(w @ w.T, torch.eye(4, dtype=torch.float64))
         True
     """
@@ -255,19 +274,23 @@ def orthogonalize_weight(
     _check_group_size(group_size, out, fan_in, centered)
     if method not in _ORTHO_METHODS:
         raise ValueError(f"method must be one of {_ORTHO_METHODS}, got {method!r}")
+    _check_positive_int(num_iters, "num_iters")
+    eps = _check_eps(eps)
     groups = v.reshape(out // group_size, group_size, fan_in)
     if centered:
         groups = groups - groups.mean(dim=-1, keepdim=True)
+    eye = torch.eye(group_size, dtype=v.dtype, device=v.device)
     if method == "eigh":
-        eigval, eigvec = torch.linalg.eigh(groups @ groups.mT)
-        whitening = (eigvec * (eigval + eps).rsqrt().unsqueeze(-2)) @ eigvec.mT
+        # Autograd through torch.linalg.eigh divides by eigenvalue gaps and returns NaN for
+        # rows that are already orthogonal (all eigenvalues 1); the whitening module's inverse
+        # square root has a backward that stays finite there.
+        whitening = inverse_sqrt_symmetric(groups @ groups.mT + eps * eye, eps)
     else:
         groups = groups / torch.linalg.matrix_norm(groups, keepdim=True)
         # Coupled Newton-Schulz form: Z_t equals ONI's B_t in exact arithmetic, but the
         # uncoupled B_t = 1.5 B - 0.5 B^3 S amplifies rounding and diverges after a few
         # tens of iterations; here Y_t = Z_t S is carried along and the error stays put.
         y = groups @ groups.mT
-        eye = torch.eye(group_size, dtype=v.dtype, device=v.device)
         whitening = eye.expand_as(y)
         for _ in range(num_iters):
             step = 1.5 * eye - 0.5 * whitening @ y
@@ -321,18 +344,19 @@ def standardize_weight(
     Args:
         weight: ``(out, in, *kernel)`` (output units along ``dim``).
         dim: the output-unit dimension (1 for transposed convolutions).
-        eps: added to the variance.
+        eps: positive, added to the variance (a constant row has variance 0).
         scale: optional ``(out,)`` factor per output unit.
 
     Returns:
         torch.Tensor: the standardized weight, shape of ``weight``.
 
     Example:
-        >>> w = standardize_weight(torch.tensor([[1.0, 3.0], [2.0, 2.5]]), eps=0.0)
+        >>> w = standardize_weight(torch.tensor([[1.0, 3.0], [2.0, 2.5]]), eps=1e-12)
         >>> w
         tensor([[-1.,  1.],
                 [-1.,  1.]])
     """
+    eps = _check_eps(eps)
     matrix = _as_matrix(weight, dim)
     var, mean = torch.var_mean(matrix, dim=1, correction=0, keepdim=True)
     matrix = (matrix - mean) * torch.rsqrt(var + eps)
@@ -553,7 +577,7 @@ class OrthogonalWeightNorm(nn.Module):
         dim: the output-unit dimension of the weight.
 
     Example:
-        >>> p = OrthogonalWeightNorm(2, eps=0.0)
+        >>> p = OrthogonalWeightNorm(2, eps=1e-12)
         >>> w = p(torch.randn(4, 3, 3, dtype=torch.float64)).reshape(4, 9)
         >>> torch.allclose(w[:2] @ w[:2].T, torch.eye(2, dtype=torch.float64))
         True
@@ -608,7 +632,7 @@ class WeightStandardization(nn.Module):
         dim: the output-unit dimension of the weight.
 
     Example:
-        >>> p = WeightStandardization(eps=0.0)
+        >>> p = WeightStandardization(eps=1e-12)
         >>> p(torch.tensor([[0.0, 2.0]]))
         tensor([[-1.,  1.]])
     """
@@ -648,7 +672,7 @@ class ScaledWeightStandardization(WeightStandardization):
         dtype: dtype of the gain.
 
     Example:
-        >>> p = ScaledWeightStandardization(1, gamma=2.0, eps=0.0)
+        >>> p = ScaledWeightStandardization(1, gamma=2.0, eps=1e-12)
         >>> p(torch.tensor([[0.0, 2.0, 0.0, 2.0]])).detach()
         tensor([[-1.,  1., -1.,  1.]])
     """
@@ -907,7 +931,7 @@ def weight_standardization(module: nn.Module, name: str = "weight", eps: float =
     Raises:
         TypeError: if ``module`` is not an ``nn.Module``.
         ValueError: if it has no such weight, the weight has fewer than 2 dims, or
-            ``eps`` is negative.
+            ``eps`` is not positive.
 
     Example:
         >>> conv = weight_standardization(nn.Conv2d(2, 4, 3))
@@ -951,7 +975,7 @@ def scaled_weight_standardization(
             ``gamma``/``eps``/``activation`` are invalid.
 
     Example:
-        >>> lin = scaled_weight_standardization(nn.Linear(4, 3), activation="identity", eps=0.0)
+        >>> lin = scaled_weight_standardization(nn.Linear(4, 3), activation="identity", eps=1e-12)
         >>> torch.allclose((lin.weight ** 2).sum(1), torch.ones(3))
         True
     """
@@ -1022,19 +1046,27 @@ def normprop(module: nn.Module, name: str = "weight") -> nn.Module:
     features, i.e. roughly orthogonal rows; chapter "Review III" tests this.
     It is :func:`weight_norm` with the gains initialized to 1.
 
+    Registered as ``"normprop"``: ``MLP(..., norm="normprop")`` applies it to every
+hidden layer (with the model's own activation, not :class:`NormPropReLU`).
+
     Args:
         module: a layer with a weight of at least 2 dims.
         name: the parameter to normalize.
 
     Returns:
-        nn.Module: ``module``, parametrized.
+        nn.Module: ``module``, parametrized (one gain per output unit, which is
+        dim 1 of a transposed convolution's weight).
+
+    Raises:
+        TypeError: if ``module`` is not an ``nn.Module``.
+        ValueError: if it has no such weight or the weight has fewer than 2 dims.
 
     Example:
         >>> lin = normprop(nn.Linear(4, 3))
         >>> torch.allclose(lin.weight.norm(dim=1), torch.ones(3))
         True
     """
-    weight_norm(module, name, dim=0)
+    weight_norm(module, name, dim=_output_dim(module))
     with torch.no_grad():
         getattr(module.parametrizations, name).original0.fill_(1.0)
     return module
@@ -1113,3 +1145,4 @@ register_weight_norm("oni")(oni)
 register_weight_norm("ws", "weight_standardization")(weight_standardization)
 register_weight_norm("sws", "scaled_weight_standardization")(scaled_weight_standardization)
 register_weight_norm("sn", "spectral_norm")(spectral_norm)
+register_weight_norm("normprop", "normalization_propagation")(normprop)

@@ -642,10 +642,20 @@ class BatchWhitening(NormLayer):
         iterations: ``T`` of ``iternorm``.
         running_stat: ``"whitening"`` (average the whitening matrix) or
             ``"covariance"`` (average the covariance, whiten it at evaluation).
+            ``None`` (default) picks ``"covariance"`` for ``method="pca"`` and
+            ``"whitening"`` for the others. PCA's matrix ``Lambda^{-1/2} D^T`` is not
+            a continuous function of the covariance: from batch to batch its rows
+            flip sign (an eigenvector is defined up to sign) and trade places when
+            eigenvalues cross, so an average of PCA matrices cancels rows and does
+            not whiten in evaluation mode (chapter "Review II" measures a whitening
+            error above 0.7 on digit features). The covariance has no such
+            ambiguity; its average is whitened once per evaluation forward.
         device: factory argument.
         dtype: factory argument.
 
     Example:
+        >>> BatchWhitening(8, method="pca").running_stat
+        'covariance'
         >>> layer = BatchWhitening(8, method="iternorm", group_size=4)
         >>> layer(torch.randn(32, 8, 3, 3)).shape
         torch.Size([32, 8, 3, 3])
@@ -658,9 +668,11 @@ class BatchWhitening(NormLayer):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, method: str = "zca",
                  group_size: int | None = None, iterations: int = 5,
-                 running_stat: str = "whitening", device=None, dtype=None):
+                 running_stat: str | None = None, device=None, dtype=None):
         _check_positive_int(num_features, "num_features")
         self.group_size = _check_group_size(group_size, num_features)
+        if running_stat is None:
+            running_stat = "covariance" if method == "pca" else "whitening"
         # Validates method, iterations and running_stat before any buffer exists.
         Whiten(method, self.group_size, 1.0, iterations, running_stat)
         self.method = method

@@ -151,7 +151,7 @@ def test_weight_norm_initial_weight_is_the_original():
 @pytest.mark.parametrize("kind", ["linear", "conv2d", "conv_transpose2d"])
 @pytest.mark.parametrize("group_size", [1, 2, 4])
 def test_orthogonal_weight_norm_gives_orthonormal_rows_per_group(kind, group_size):
-    layer = nw.orthogonal_weight_norm(_layers()[kind], group_size=group_size, eps=0.0)
+    layer = nw.orthogonal_weight_norm(_layers()[kind], group_size=group_size, eps=1e-14)
     dim = 1 if kind == "conv_transpose2d" else 0
     rows = _rows(layer.weight.detach(), dim)
     eye = torch.eye(group_size, dtype=DT)
@@ -167,7 +167,7 @@ def test_orthogonal_weight_norm_equals_polar_factor_of_centered_rows():
     v = torch.randn(3, 7, dtype=DT)
     vc = v - v.mean(1, keepdim=True)
     u, _, qt = torch.linalg.svd(vc, full_matrices=False)
-    torch.testing.assert_close(nw.orthogonalize_weight(v, 3, eps=0.0), u @ qt, rtol=0, atol=1e-10)
+    torch.testing.assert_close(nw.orthogonalize_weight(v, 3, eps=1e-14), u @ qt, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("num_iters", [1, 2, 5])
@@ -201,7 +201,7 @@ def test_oni_approaches_orthonormal_rows_as_iterations_grow():
 
 @pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d", "conv_transpose2d"])
 def test_weight_standardization_gives_zero_mean_unit_variance_rows(kind):
-    layer = nw.weight_standardization(_layers()[kind], eps=0.0)
+    layer = nw.weight_standardization(_layers()[kind], eps=1e-14)
     dim = 1 if kind == "conv_transpose2d" else 0
     rows = _rows(layer.weight.detach(), dim)
     var, mean = torch.var_mean(rows, dim=1, correction=0)
@@ -239,7 +239,7 @@ def test_scaled_weight_standardization_matches_reference_formula_and_learns_gain
 def test_scaled_weight_standardization_preserves_variance_after_relu():
     # gamma undoes the variance lost by ReLU: relu(z) for z ~ N(0,1) has variance 1/gamma^2.
     torch.manual_seed(0)
-    layer = nw.scaled_weight_standardization(nn.Linear(512, 512).to(DT), eps=0.0)
+    layer = nw.scaled_weight_standardization(nn.Linear(512, 512).to(DT), eps=1e-14)
     z = torch.randn(4096, 512, dtype=DT)
     with torch.no_grad():
         out = layer(torch.relu(z))
@@ -307,6 +307,54 @@ def test_gradcheck_orthogonalize_weight(method):
     _gradcheck(lambda v: nw.orthogonalize_weight(v, 2, method=method, num_iters=4), v)
 
 
+def _orthonormal_rows(out: int, fan_in: int, seed: int, dtype=DT) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return nn.init.orthogonal_(torch.empty(out, fan_in, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, DT])
+@pytest.mark.parametrize("seed", range(4))
+def test_orthogonal_weight_norm_gradient_is_finite_for_an_orthogonal_init(dtype, seed):
+    # Orthonormal rows make every eigenvalue of V V^T equal to 1; autograd through eigh
+    # divides by their differences and gave NaN for most of these seeds.
+    lin = nn.Linear(8, 4).to(dtype)
+    with torch.no_grad():
+        lin.weight.copy_(_orthonormal_rows(4, 8, seed, dtype))
+    nw.orthogonal_weight_norm(lin, centered=False)
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    lin(x).square().sum().backward()
+    grad = lin.parametrizations.weight.original.grad
+    assert torch.isfinite(grad).all()
+    # Finite is not enough: compare with central differences of the same loss in float64.
+    v = lin.parametrizations.weight.original.detach().to(DT)
+    y = x.to(DT)
+
+    def loss(v):
+        w = nw.orthogonalize_weight(v, 4, centered=False)
+        return (y @ w.T + lin.bias.detach().to(DT)).square().sum()
+
+    numeric = torch.zeros_like(v)
+    for i in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            step = torch.zeros_like(v)
+            step[i, j] = 1e-6
+            numeric[i, j] = (loss(v + step) - loss(v - step)) / 2e-6
+    tol = 1e-6 if dtype == DT else 1e-3
+    torch.testing.assert_close(grad.to(DT), numeric, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_gradcheck_orthogonalize_weight_at_exactly_repeated_eigenvalues(centered):
+    # Rows of a scaled Hadamard matrix: mean 0 for rows 2..5, V V^T = 8 I exactly.
+    h = torch.ones(1, 1, dtype=DT)
+    while h.shape[0] < 8:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])
+    v = h[1:5].clone().requires_grad_()
+    eigenvalues = torch.linalg.eigvalsh(v.detach() @ v.detach().T)
+    assert float(eigenvalues.max() - eigenvalues.min()) == 0.0
+    _gradcheck(lambda v: nw.orthogonalize_weight(v, 4, centered=centered), v)
+
+
 def test_gradcheck_standardize_and_scaled_standardize():
     torch.manual_seed(0)
     w = torch.randn(3, 2, 3, dtype=DT, requires_grad=True)
@@ -354,7 +402,7 @@ def test_parametrized_state_dict_round_trips(apply):
     torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["wn", "cwn", "own", "oni", "ws", "sws", "sn"])
+@pytest.mark.parametrize("name", ["wn", "cwn", "own", "oni", "ws", "sws", "sn", "normprop"])
 def test_registered_weight_normalizers_parametrize_layers_and_leave_identity_slots(name):
     assert name in normlib.available_norms()
     assert isinstance(create_norm(name, 8), nn.Identity)
@@ -364,8 +412,33 @@ def test_registered_weight_normalizers_parametrize_layers_and_leave_identity_slo
     assert all(p.grad is not None for p in conv.parameters())
 
 
+def test_models_build_and_train_with_normprop_from_the_registry():
+    from normlib.models import MLP, VGG
+
+    torch.manual_seed(0)
+    mlp = MLP(16, 3, width=8, depth=3, norm="normprop")
+    linears = [block[0] for block in mlp.layers]
+    for linear in linears:
+        assert isinstance(linear.parametrizations.weight[0], nw.WeightNorm)
+        torch.testing.assert_close(linear.weight.norm(dim=1), torch.ones(8))
+    assert all(isinstance(block[1], nn.Identity) for block in mlp.layers)
+    vgg = VGG(in_channels=1, num_classes=3, depth=3, width=4, norm="normalization_propagation")
+    assert parametrize.is_parametrized(vgg.layers[0][0], "weight")
+    for model, x in ((mlp, torch.randn(5, 16)), (vgg, torch.randn(2, 1, 8, 8))):
+        out = model(x)
+        assert out.shape == (x.shape[0], 3) and torch.isfinite(out).all()
+        out.square().mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_normprop_gains_are_per_output_unit_of_a_transposed_convolution():
+    conv = nw.normprop(nn.ConvTranspose2d(3, 5, 2))
+    assert conv.parametrizations.weight.original0.shape == (1, 5, 1, 1)
+    torch.testing.assert_close(_rows(conv.weight.detach(), 1).norm(dim=1), torch.ones(5))
+
+
 def test_default_group_size_fits_layers_with_more_outputs_than_inputs():
-    conv = nw.orthogonal_weight_norm(nn.Conv2d(1, 16, 2).to(DT), eps=0.0)  # fan_in 4
+    conv = nw.orthogonal_weight_norm(nn.Conv2d(1, 16, 2).to(DT), eps=1e-14)  # fan_in 4
     assert conv.parametrizations.weight[0].group_size == 2  # largest divisor of 16 <= 3
     rows = _rows(conv.weight.detach())
     torch.testing.assert_close(rows[:2] @ rows[:2].T, torch.eye(2, dtype=DT), rtol=0, atol=1e-10)
@@ -392,7 +465,15 @@ def test_weight_normalizers_reject_modules_without_a_suitable_weight(apply):
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda m: nw.weight_norm(m, eps=-1.0), "eps must be a non-negative"),
+        (lambda m: nw.weight_norm(m, eps=-1.0), "eps must be a positive"),
+        (lambda m: nw.weight_norm(m, eps=0.0), "eps must be a positive"),
+        (lambda m: nw.centered_weight_norm(m, eps=0), "eps must be a positive"),
+        (lambda m: nw.orthogonal_weight_norm(m, eps=0.0), "eps must be a positive"),
+        (lambda m: nw.orthogonal_weight_norm(m, method="newton", num_iters=-2),
+         "num_iters must be a positive"),
+        (lambda m: nw.spectral_norm(m, eps=0.0), "eps must be a positive"),
+        (lambda m: nw.weight_standardization(m, eps=0.0), "eps must be a positive"),
+        (lambda m: nw.scaled_weight_standardization(m, eps=0.0), "eps must be a positive"),
         (lambda m: nw.weight_norm(m, dim=5), "dim must be an int"),
         (lambda m: nw.spectral_norm(m, n_power_iterations=0), "n_power_iterations must be a positive"),
         (lambda m: nw.oni(m, num_iters=0), "num_iters must be a positive"),
@@ -401,7 +482,7 @@ def test_weight_normalizers_reject_modules_without_a_suitable_weight(apply):
         (lambda m: nw.orthogonal_weight_norm(m, method="svd"), "method must be one of"),
         (lambda m: nw.scaled_weight_standardization(m, gamma=0.0), "gamma must be a positive"),
         (lambda m: nw.scaled_weight_standardization(m, activation="relu7"), "unknown activation"),
-        (lambda m: nw.weight_standardization(m, eps=-1e-5), "eps must be a non-negative"),
+        (lambda m: nw.weight_standardization(m, eps=-1e-5), "eps must be a positive"),
     ],
 )
 def test_bad_hyperparameters_raise_before_parametrizing(call, match):
@@ -409,6 +490,37 @@ def test_bad_hyperparameters_raise_before_parametrizing(call, match):
     with pytest.raises(ValueError, match=match):
         call(layer)
     assert not parametrize.is_parametrized(layer)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"method": "newton", "num_iters": 0}, "num_iters must be a positive int, got 0"),
+     ({"method": "newton", "num_iters": -3}, "num_iters must be a positive int, got -3"),
+     ({"num_iters": 2.5}, "num_iters must be a positive int, got 2.5"),
+     ({"eps": 0.0}, "eps must be a positive float"),
+     ({"eps": -1e-5}, "eps must be a positive float")],
+)
+def test_orthogonalize_weight_rejects_non_positive_num_iters_and_eps(kwargs, match):
+    # num_iters=0 used to return the merely rescaled rows, silently not orthogonal.
+    with pytest.raises(ValueError, match=match):
+        nw.orthogonalize_weight(torch.randn(4, 6), 2, **kwargs)
+
+
+@pytest.mark.parametrize("call", [
+    lambda w: nw.standardize_weight(w, eps=0.0),
+    lambda w: nw.weight_normalize(w, torch.ones(4, 1), eps=0.0),
+])
+def test_functional_weight_normalizers_reject_zero_eps(call):
+    with pytest.raises(ValueError, match="eps must be a positive float"):
+        call(torch.ones(4, 1))
+
+
+def test_weight_standardization_of_constant_rows_is_finite_with_the_default_eps():
+    # nn.Linear(1, 4) has one weight per row, so every row is constant (variance 0).
+    layer = nw.weight_standardization(nn.Linear(1, 4))
+    assert torch.equal(layer.weight.detach(), torch.zeros(4, 1))
+    layer(torch.randn(3, 1)).sum().backward()
+    assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
 
 
 def test_orthogonal_weight_norm_rejects_groups_larger_than_the_rank():

@@ -396,7 +396,8 @@ def _randomized(layer):
 @pytest.mark.parametrize("method", W.WHITENING_METHODS)
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_whitening_layer_gradcheck(method, training):
-    layer = _randomized(W.BatchWhitening(4, method=method, group_size=2, dtype=DT))
+    layer = _randomized(W.BatchWhitening(4, method=method, group_size=2, running_stat="whitening",
+                                         dtype=DT))
     layer(feature_maps((6, 4, 2, 2), seed=1))
     layer.train(training)
     x = feature_maps((6, 4, 2, 2), seed=2).requires_grad_()
@@ -411,12 +412,67 @@ def test_batch_whitening_layer_gradcheck(method, training):
     assert torch.autograd.gradcheck(f, (x, *params))
 
 
-@pytest.mark.parametrize("method", ("zca", "iternorm", "cholesky"))
+@pytest.mark.parametrize("method", W.WHITENING_METHODS)
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_whitening_layer_gradcheck_with_running_covariance(method, training):
+    # running_stat="covariance": evaluation whitens the running covariance, so the gradient
+    # with respect to x no longer flows through batch statistics but still through G.
+    layer = _randomized(W.BatchWhitening(4, method=method, group_size=2, running_stat="covariance",
+                                         dtype=DT))
+    layer(feature_maps((6, 4, 2, 2), seed=1))
+    assert not torch.equal(layer.running_cov, torch.eye(2, dtype=DT).repeat(2, 1, 1))
+    x = feature_maps((6, 4, 2, 2), seed=2).requires_grad_()
+    running_mean, running_cov = layer.running_mean.clone(), layer.running_cov.clone()
+
+    def f(z, w, b):
+        # fresh copies: a training-mode call updates the buffers in place
+        return W.batch_whitening(z, running_mean.clone(), None, w, b, training, 0.1, 1e-4, method,
+                                 2, running_cov=running_cov.clone())
+
+    assert torch.autograd.gradcheck(f, (x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("method", W.WHITENING_METHODS)
 def test_group_whitening_layer_gradcheck(method):
     layer = _randomized(W.GroupWhitening(4, num_groups=2, method=method, dtype=DT))
     x = feature_maps((2, 4, 2, 2), seed=3).requires_grad_()
     assert torch.autograd.gradcheck(
         lambda z, w, b: W.group_whitening(z, 2, w, b, 1e-4, method), (x, layer.weight, layer.bias))
+
+
+def _train_then_eval_error(layer, batches=50, batch=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(8, 8, generator=g, dtype=DT) + 2 * torch.eye(8, dtype=DT)
+    for _ in range(batches):
+        layer(torch.randn(batch, 8, generator=g, dtype=DT) @ mix.T + 1.0)
+    layer.eval()
+    with torch.no_grad():
+        y = layer(torch.randn(20_000, 8, generator=g, dtype=DT) @ mix.T + 1.0)
+    return W.whitening_error(y.T)
+
+
+def test_registered_pca_whitening_whitens_in_evaluation_mode_after_training():
+    # Averaging PCA matrices averages rows whose signs flip from batch to batch; the registered
+    # layer therefore keeps a running covariance and whitens it at evaluation.
+    layer = normlib.create_norm("pca", 8, group_size=8, dtype=DT)
+    assert layer.running_stat == "covariance" and hasattr(layer, "running_cov")
+    error = _train_then_eval_error(layer)
+    # Momentum 0.1 averages the covariance over the last ~20 batches of 64: the remaining
+    # estimation error is about 0.1 (0.09-0.11 over five seeds).
+    assert error < 0.25, error
+    # The failure the default avoids, with the same data.
+    averaged = W.BatchWhitening(8, method="pca", group_size=8, running_stat="whitening", dtype=DT)
+    assert _train_then_eval_error(averaged) > 0.5
+
+
+def test_running_stat_defaults_to_covariance_for_pca_only():
+    for method in W.WHITENING_METHODS:
+        expected = "covariance" if method == "pca" else "whitening"
+        assert W.BatchWhitening(4, method=method).running_stat == expected
+    for name in ("zca", "pca", "cholesky", "iternorm"):
+        expected = "covariance" if name == "pca" else "whitening"
+        assert normlib.create_norm(name, 4).running_stat == expected
+    assert W.BatchWhitening(4, method="pca", running_stat="whitening").running_stat == "whitening"
 
 
 def test_half_precision_inputs_are_whitened_in_float32():
