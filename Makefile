@@ -22,7 +22,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	@# torch first, pinned: the pinned CPU build is what every machine of the project runs.
+	@# torch first and pinned, so that nothing later pulls a different (CUDA) build as a dependency.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[book,test]"
 	@touch $(STAMP)
@@ -50,7 +50,11 @@ build-strict: cache-key
 site-check: $(STAMP)
 	$(BIN)/python tests/check_site.py $(BUILD)/html
 
-test: unit build-strict site-check
+# In this order even under `make -j`: the browser check reads the strict build's output.
+test: $(STAMP)
+	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory build-strict
+	$(MAKE) --no-print-directory site-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check normlib tests benchmarks

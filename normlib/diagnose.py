@@ -12,7 +12,8 @@ stable forward         ``variance_growth``: activation variance at the last     
                        probed layer over that at the first; with its per-layer
                        geometric rate ``variance_rate``
 informative forward    ``similarity``: mean cosine similarity of different        similar activations
-                       samples at the last probed layer (``stable_rank`` too)
+                       samples at the last probed layer; its ``stable_rank``
+                       is reported with the verdict
 stable backward        ``gradient_ratio``: weight-gradient norm of the first      exploding early
                        layer over that of the last layer                          gradients
 =====================  =========================================================  ===================
@@ -25,7 +26,9 @@ that the last layer can hardly tell inputs apart (LayerNorm, large groups). A fi
 gradient many times the last one is the gradient explosion of Instance Normalization and small
 groups. When a residual network's branches start at zero (SkipInit) their weights receive no
 gradient at initialization; the ratio of the gradients with respect to the activations
-(``grad_norm``) is used instead, and the metric's name says so.
+(``grad_norm``) is used instead, and the metric's name says so. A metric that is not finite,
+or activations or gradients that vanish (Instance Normalization of vectors outputs zeros),
+fail whatever the other limits say.
 
 The command line ``python -m normlib diagnose --model resnet --depth 56 --norm gn
 --group-size 8`` prints the table for a model of :mod:`normlib.models` on a batch of the
@@ -46,7 +49,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
@@ -88,6 +92,9 @@ class Thresholds:
             linear growth of a normalized ResNet, and is fine).
         explosion_rate: geometric growth per probed layer above which growth is exponential.
         vanishing_ratio: variance growth below this is a warning (the signal fades).
+        degenerate_ratio: a variance growth or gradient ratio below this is a failure: the
+            activations or the first layer's gradients vanished (instance normalization of
+            vectors, for one, outputs zeros).
         similarity_warning: mean cosine similarity at the last layer above this: warning.
         similarity_failure: above this: failure.
         gradient_warning: first-over-last gradient ratio above this: warning.
@@ -100,6 +107,7 @@ class Thresholds:
     explosion_ratio: float = 10.0
     explosion_rate: float = 1.25
     vanishing_ratio: float = 0.01
+    degenerate_ratio: float = 1e-12
     similarity_warning: float = 0.85
     similarity_failure: float = 0.95
     gradient_warning: float = 3.0
@@ -110,6 +118,9 @@ class Thresholds:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{f.name} must be a positive number, got {value!r}")
+        if self.degenerate_ratio > self.vanishing_ratio:
+            raise ValueError(f"degenerate_ratio={self.degenerate_ratio} exceeds "
+                             f"vanishing_ratio={self.vanishing_ratio}")
         if self.similarity_warning > self.similarity_failure:
             raise ValueError(f"similarity_warning={self.similarity_warning} exceeds "
                              f"similarity_failure={self.similarity_failure}")
@@ -241,8 +252,41 @@ def _check(prop: str, metric: str, value: float, status: str, verdict: str) -> C
     return Check(prop, metric, value, status, verdict, chapter, path)
 
 
+_METRICS = ("variance_growth", "variance_rate", "similarity", "stable_rank", "gradient_ratio")
+# The stable rank of a nonzero matrix is at least 1; below this the activations are all zero.
+_MIN_RANK = 0.5
+
+
+def _checked_metrics(metrics) -> dict[str, float]:
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a dict from init_metrics(), got {type(metrics).__name__}")
+    missing = [k for k in _METRICS if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics lacks {missing}; compute them with init_metrics(layers)")
+    out = {}
+    for k in (*_METRICS, "gradient_of_activations"):
+        value = metrics.get(k, 0.0)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"metrics[{k!r}] must be a number, got {value!r}")
+        out[k] = float(value)
+    return out
+
+
 def judge(metrics: dict[str, float], thresholds: Thresholds | None = None) -> list[Check]:
     """The three :class:`Check` verdicts for metrics from :func:`init_metrics`.
+
+    A metric that is not finite (NaN or infinite activations or gradients, or a ratio over a
+    layer whose activations or gradients are exactly zero) or degenerate (a variance growth
+    or gradient ratio below :attr:`Thresholds.degenerate_ratio`, a last layer of stable rank
+    0) is a ``failure``: such a network does not propagate a signal, whatever the
+    comparisons with the other limits would say (a vanished forward pass fails the
+    informative check too: the similarity of rounding noise says nothing about the inputs).
+    The informative-forward check is judged on the similarity; its verdict reports the last
+    layer's stable rank too.
+
+    Raises:
+        TypeError: if ``metrics`` is not a dict of numbers.
+        ValueError: if a metric of :func:`init_metrics` is missing.
 
     Example:
         >>> checks = judge({"variance_growth": 5e3, "variance_rate": 1.4, "similarity": 0.5,
@@ -251,11 +295,27 @@ def judge(metrics: dict[str, float], thresholds: Thresholds | None = None) -> li
         >>> [(c.property, c.status) for c in checks]  # doctest: +NORMALIZE_WHITESPACE
         [('stable forward', 'failure'), ('informative forward', 'ok'),
          ('stable backward', 'ok')]
+        >>> checks[1].verdict
+        'informative (stable rank 3)'
+        >>> vanished = judge({"variance_growth": 0.0, "variance_rate": 0.0, "similarity": 0.0,
+        ...                   "stable_rank": 0.0, "gradient_ratio": 0.0})
+        >>> [c.status for c in vanished], vanished[0].verdict
+        (['failure', 'failure', 'failure'], 'activations vanish (variance x0 over the probed layers)')
     """
+    m = _checked_metrics(metrics)
+    if thresholds is not None and not isinstance(thresholds, Thresholds):
+        raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
     t = thresholds or Thresholds()
-    g, rate = metrics["variance_growth"], metrics["variance_rate"]
+    g, rate = m["variance_growth"], m["variance_rate"]
     metric = "activation variance, last / first layer"
-    if g > t.explosion_ratio and rate > t.explosion_rate:
+    if not (math.isfinite(g) and math.isfinite(rate)):
+        fwd = _check("stable forward", metric, g, "failure",
+                     "variance is not finite (activations are NaN or infinite, or zero at the "
+                     "first layer)")
+    elif g < t.degenerate_ratio:
+        fwd = _check("stable forward", metric, g, "failure",
+                     f"activations vanish (variance x{g:.3g} over the probed layers)")
+    elif g > t.explosion_ratio and rate > t.explosion_rate:
         fwd = _check("stable forward", metric, g, "failure",
                      f"exploding variance (x{rate:.2f} per layer)")
     elif g > t.explosion_ratio:
@@ -266,19 +326,38 @@ def judge(metrics: dict[str, float], thresholds: Thresholds | None = None) -> li
     else:
         fwd = _check("stable forward", metric, g, "ok", "stable")
 
-    s = metrics["similarity"]
+    s, rank = m["similarity"], m["stable_rank"]
     metric = "cosine similarity of samples, last layer"
-    if s > t.similarity_failure:
-        inf = _check("informative forward", metric, s, "failure", "samples are nearly parallel")
+    ranked = f"stable rank {rank:.3g}"
+    if not (math.isfinite(s) and math.isfinite(rank)):
+        inf = _check("informative forward", metric, s, "failure",
+                     f"similarity or rank is not finite (activations are NaN or infinite; {ranked})")
+    elif rank < _MIN_RANK:
+        inf = _check("informative forward", metric, s, "failure",
+                     f"activations vanished at the last layer ({ranked})")
+    elif g < t.degenerate_ratio:
+        # What is left is rounding noise; its similarity and rank say nothing about inputs.
+        inf = _check("informative forward", metric, s, "failure",
+                     f"activations vanished before the last layer ({ranked} of rounding noise)")
+    elif s > t.similarity_failure:
+        inf = _check("informative forward", metric, s, "failure",
+                     f"samples are nearly parallel ({ranked})")
     elif s > t.similarity_warning:
-        inf = _check("informative forward", metric, s, "warning", "samples are similar")
+        inf = _check("informative forward", metric, s, "warning", f"samples are similar ({ranked})")
     else:
-        inf = _check("informative forward", metric, s, "ok", "informative")
+        inf = _check("informative forward", metric, s, "ok", f"informative ({ranked})")
 
-    r = metrics["gradient_ratio"]
-    what = "activation" if metrics.get("gradient_of_activations", 0.0) else "weight"
+    r = m["gradient_ratio"]
+    what = "activation" if m["gradient_of_activations"] else "weight"
     metric = f"{what}-gradient norm, first / last layer"
-    if r > t.gradient_failure:
+    if not math.isfinite(r):
+        bwd = _check("stable backward", metric, r, "failure",
+                     "gradient ratio is not finite (gradients are NaN or infinite, or zero at "
+                     "the last layer)")
+    elif r < t.degenerate_ratio:
+        bwd = _check("stable backward", metric, r, "failure",
+                     f"gradients vanish before the first layer (ratio {r:.3g})")
+    elif r > t.gradient_failure:
         bwd = _check("stable backward", metric, r, "failure", "exploding early gradients")
     elif r > t.gradient_warning:
         bwd = _check("stable backward", metric, r, "warning", "early gradients grow")
@@ -427,7 +506,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 def _diagnose_command(args) -> int:
     import sys
 
-    from normlib.train import TrainConfig
+    from normlib.train import TrainConfig, has_activation_norm
 
     prog = "python -m normlib diagnose"
     norm_kwargs = {}
@@ -438,6 +517,11 @@ def _diagnose_command(args) -> int:
         norm_kwargs["group_size"] = args.group_size
     if args.num_groups is not None:
         norm_kwargs["num_groups"] = args.num_groups
+    if norm_kwargs and has_activation_norm(args.norm, args.width) is False:
+        # The slot of 'none' or a weight normalizer is an nn.Identity that would swallow them.
+        print(f"{prog}: error: --group-size/--num-groups do not apply to --norm {args.norm}: it "
+              f"has no groups (use a grouped normalizer such as gn)", file=sys.stderr)
+        return 2
     try:
         config = TrainConfig(model=args.model, depth=args.depth, width=args.width, norm=args.norm,
                              norm_kwargs=norm_kwargs, skipinit=args.skipinit, dataset=args.data,

@@ -116,6 +116,62 @@ def test_judge_applies_each_threshold():
                                         "chapters/backward_stable"]
 
 
+def test_non_finite_or_vanished_metrics_are_failures_not_ok():
+    base = {"variance_growth": 2.0, "variance_rate": 1.05, "similarity": 0.5, "stable_rank": 3.0,
+            "gradient_ratio": 1.0, "gradient_of_activations": 0.0}
+    cases = [
+        ({"variance_growth": math.nan, "variance_rate": math.nan}, 0, "not finite"),
+        ({"variance_growth": math.inf, "variance_rate": math.inf}, 0, "not finite"),
+        ({"variance_growth": 0.0, "variance_rate": 0.0}, 0, "activations vanish"),
+        ({"variance_growth": 1e-15, "variance_rate": 0.2}, 0, "activations vanish"),
+        ({"similarity": math.nan}, 1, "not finite"),
+        ({"stable_rank": math.nan}, 1, "not finite"),
+        ({"similarity": 0.0, "stable_rank": 0.0}, 1, "activations vanished at the last layer"),
+        ({"variance_growth": 0.0, "variance_rate": 0.0}, 1, "activations vanished before"),
+        ({"gradient_ratio": math.nan}, 2, "not finite"),
+        ({"gradient_ratio": math.inf}, 2, "not finite"),
+        ({"gradient_ratio": 0.0}, 2, "gradients vanish"),
+    ]
+    for change, index, reason in cases:
+        check = judge({**base, **change})[index]
+        assert (check.status, reason in check.verdict) == ("failure", True), (change, check)
+    # Only the property whose metric degenerates fails.
+    assert [c.status for c in judge({**base, "gradient_ratio": 0.0})] == ["ok", "ok", "failure"]
+    with pytest.raises(ValueError, match="stable_rank"):
+        judge({k: v for k, v in base.items() if k != "stable_rank"})
+    with pytest.raises(TypeError, match="similarity"):
+        judge({**base, "similarity": "high"})
+
+
+def test_instance_norm_of_vectors_outputs_zeros_and_every_property_fails():
+    # Instance Normalization of (N, C) vectors standardizes single numbers: zeros, up to
+    # rounding. Before the fix the vanished metrics (all 0) compared as "ok".
+    d = diagnose_config(config(model="mlp", depth=20, width=16, norm="in"))
+    assert d.metrics["variance_growth"] < 1e-12 and d.metrics["gradient_ratio"] == 0.0
+    assert d.verdicts == dict.fromkeys(d.verdicts, "failure"), d.checks
+    assert "activations vanish" in d.checks[0].verdict
+    assert "gradients vanish" in d.checks[2].verdict
+
+
+def test_a_network_with_nan_weights_fails_every_property():
+    torch.manual_seed(0)
+    model = VGG(in_channels=1, num_classes=10, depth=4, width=4).double()
+    with torch.no_grad():
+        model.layers[2][0].weight.fill_(math.nan)
+    d = diagnose(model, torch.randn(8, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,)))
+    assert not d.ok and d.verdicts == dict.fromkeys(d.verdicts, "failure"), d.checks
+    assert all("not finite" in c.verdict for c in d.checks), d.checks
+
+
+def test_the_informative_check_reports_the_last_layers_stable_rank():
+    d = diagnose_config(config(model="vgg", depth=4))
+    rank = d.metrics["stable_rank"]
+    assert rank == pytest.approx(float(d.layers["stable_rank"].iloc[-1]))
+    assert 1.0 <= rank <= 32
+    shown = f"stable rank {rank:.3g}"
+    assert shown in d.checks[1].verdict and shown in str(d)
+
+
 def test_thresholds_reject_bad_limits():
     with pytest.raises(ValueError, match="gradient_failure"):
         Thresholds(gradient_failure=-1.0)
@@ -215,6 +271,18 @@ def test_command_line_rejects_malformed_arguments_before_running(capsys, args, m
         main(["diagnose", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("norm", ["wn", "sws", "none"])
+@pytest.mark.parametrize("option", ["--group-size", "--num-groups"])
+def test_command_line_rejects_group_options_for_normalizers_without_groups(capsys, norm, option):
+    # Their slot in the model is an nn.Identity that would swallow the option unnoticed.
+    assert main(["diagnose", "--width", "4", "--norm", norm, option, "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m normlib diagnose: error:")
+    assert f"do not apply to --norm {norm}" in err and "no groups" in err
+    with pytest.raises(ValueError, match=f"norm_kwargs=.* do not apply to norm='{norm}'"):
+        TrainConfig(norm=norm, norm_kwargs={"group_size": 2})
 
 
 def test_python_dash_m_normlib_diagnose_runs_as_a_program():

@@ -144,6 +144,19 @@ def test_zero_activations_give_defined_statistics():
     assert stats["orthogonality_gap"] == pytest.approx(math.sqrt(2 / 3))
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_activations_give_nan_statistics_instead_of_an_eigensolver_error(bad):
+    x = torch.randn(6, 4, dtype=torch.float64)
+    x[2, 1] = bad
+    stats = representation_statistics(x)
+    for key in ("cosine_similarity", "stable_rank", "numerical_rank", "effective_rank",
+                "orthogonality_gap"):
+        assert math.isnan(stats[key]), (key, stats[key])
+    assert math.isnan(stable_rank(x)) and math.isnan(effective_rank(x))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        numerical_rank(x)
+
+
 def test_statistics_reject_bad_inputs_with_clear_errors():
     with pytest.raises(ValueError, match="at least 2"):
         mean_cosine_similarity(torch.randn(1, 5))
@@ -364,6 +377,36 @@ def test_probe_errors_are_clear():
         probe(MLP(5, 3, width=8, depth=2), [])
     with pytest.raises(TypeError, match=r"inputs=\[\(x, y\)\]"):
         probe(MLP(5, 3, width=8, depth=2), (x, torch.randint(0, 3, (4,))))
+
+
+def test_a_point_never_reached_is_a_clear_error_with_the_backward_pass_too():
+    model = _SkipsLayer()
+    snap = _snapshot(model)
+    for backward in (False, True):
+        with pytest.raises(ValueError, match=r"never reached \['unused'\]"):
+            probe(model, torch.randn(4, 5), torch.randn(4, 5), at=["used", "unused"],
+                  backward=backward)
+    _assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("norm", ["wn", "cwn"])
+def test_weight_columns_of_weight_normalized_layers_count_the_direction_not_the_gain(norm):
+    torch.manual_seed(0)
+    model = MLP(5, 3, width=8, depth=3, norm=norm).double()
+    x, y = torch.randn(9, 5, dtype=torch.float64), torch.randint(0, 3, (9,))
+    table = probe(model, x, y, include_input=False)
+    chains = [layer[0].parametrizations.weight for layer in model.layers]
+    gains, directions = [c.original0 for c in chains], [c.original1 for c in chains]
+    assert all(g.dim() >= 2 for g in gains)  # (out, 1): only its role says it is a gain
+    grads = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), directions)
+    for row, v, g in zip(table.itertuples(), directions, grads):
+        assert row.weight_grad_norm == pytest.approx(float(g.norm()), rel=1e-10)
+        assert row.weight_norm == pytest.approx(float(v.detach().norm()), rel=1e-12)
+    # The gains start at the norm of the rows, so counting them would move weight_norm by
+    # sqrt(1 + 1) = 1.41x for weight normalization.
+    if norm == "wn":
+        with_gain = math.hypot(float(directions[0].detach().norm()), float(gains[0].detach().norm()))
+        assert table["weight_norm"].iloc[0] < with_gain / 1.3
 
 
 class _SkipsLayer(nn.Module):

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from normlib.propagation import theory as T
 
@@ -176,6 +175,39 @@ def test_groupnorm_rank_lower_bound_is_square_root_of_group_count():
         T.groupnorm_rank_lower_bound(0, 1)
 
 
+def _linear_gn_stable_rank(width, group_size, depth, batch, seed):
+    """Stable rank sum(s^2)/s_max^2 of the last layer of a deep random linear network, each
+    layer normalized per sample in groups of ``group_size`` (``None``: no normalization)."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(batch, width, generator=g, dtype=torch.float64)
+    for _ in range(depth):
+        h = h @ torch.randn(width, width, generator=g, dtype=torch.float64).T / math.sqrt(width)
+        if group_size is not None:
+            grp = h.reshape(batch, -1, group_size)
+            grp = (grp - grp.mean(-1, keepdim=True)) / grp.std(-1, unbiased=False, keepdim=True)
+            h = grp.reshape(batch, width)
+    s = torch.linalg.svdvals(h)
+    return float(s.pow(2).sum() / s[0] ** 2)
+
+
+def test_groupnorm_rank_of_a_deep_linear_network_is_at_least_of_the_order_of_the_bound():
+    width, depth, batch, seeds = 64, 50, 32, range(4)
+    means = {}
+    for group_size in (2, 16, 64):
+        bound = T.groupnorm_rank_lower_bound(width, group_size)
+        ranks = [_linear_gn_stable_rank(width, group_size, depth, batch, s) for s in seeds]
+        # Measured 0.82 to 2.2 times the bound on seeds 0-9 for these group sizes: the bound
+        # holds with a constant of order 1; c = 0.5 leaves room for the seeds' spread.
+        assert min(ranks) >= 0.5 * bound, (group_size, ranks)
+        means[group_size] = sum(ranks) / len(ranks)
+        assert 0.8 * bound < means[group_size] < 2.5 * bound, (group_size, ranks)
+    # Smaller groups keep more directions (measured means 6.0, 2.3, 1.7) ...
+    assert means[2] > means[16] > means[64], means
+    # ... and without normalization the same network collapses (measured 1.4 to 1.6).
+    plain = [_linear_gn_stable_rank(width, None, depth, batch, s) for s in seeds]
+    assert max(plain) < 0.5 * means[2], (plain, means)
+
+
 # --------------------------------------------------------------- residual streams
 
 
@@ -267,7 +299,17 @@ def test_theory_is_consistent_with_the_models_layout():
     from normlib.propagation import probe_points
     model = ResNet(depth=20, width=4)
     assert len(T.relu_resnet_moments((20 - 2) // 6)) == len(probe_points(model, "blocks"))
-    assert isinstance(model.blocks[0], nn.Module)
+    # ... and the theory's stages are the model's: each stage after the first starts with a
+    # projection that doubles the channels and halves the map, where the theory restarts
+    # the stream from a fresh Gaussian.
+    stages = T.relu_resnet_moments((20 - 2) // 6)["stage"].tolist()
+    h = torch.randn(2, 3, 16, 16)
+    shapes = []
+    for _, point in probe_points(model, "blocks"):
+        h = point(h)
+        shapes.append(tuple(h.shape[1:]))
+    assert shapes == [(4 * 2 ** st, 16 // 2 ** st, 16 // 2 ** st) for st in stages], shapes
+    assert stages == [0] * 4 + [1] * 3 + [2] * 3
 
 
 # --------------------------------------------------------------- readout of fixed features

@@ -142,6 +142,49 @@ def test_cache_is_invalidated_by_a_config_change_or_a_code_change(tmp_path, coun
     assert len(counted_runs) == 4 and not changed.from_cache
 
 
+def test_cache_is_invalidated_by_other_data_under_the_same_dataset_name(tmp_path, counted_runs):
+    cache = ResultCache(tmp_path, code_hash="code-v1")
+    digits = nt.load_dataset("digits")
+    first = train(tiny(), data=digits, cache=cache, progress=False, device=CPU)
+    negated = Split(-digits.x_train, digits.y_train, -digits.x_test, digits.y_test,
+                    digits.num_classes, digits.name)
+    other = train(tiny(), data=negated, cache=cache, progress=False, device=CPU)
+    assert len(counted_runs) == 2 and not other.from_cache
+    assert other.step_loss != first.step_loss
+    # The default data of the config is the same split: the same key, read from the cache.
+    again = train(tiny(), cache=cache, progress=False, device=CPU)
+    assert again.from_cache and again.step_loss == first.step_loss and len(counted_runs) == 2
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_data_fingerprint_sees_every_tensor_and_an_in_place_change():
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    split = Split(x, y, x[:2].clone(), y[:2].clone(), 3, "toy")
+    h = nt.data_fingerprint(split)
+    assert h == nt.data_fingerprint(Split(x.clone(), y.clone(), x[:2].clone(), y[:2].clone(), 3,
+                                          "renamed"))
+    changes = [
+        Split(x, y.roll(1), split.x_test, split.y_test, 3, "toy"),
+        Split(x, y, split.x_test, split.y_test.flip(0), 3, "toy"),
+        Split(x, y, split.x_test, split.y_test, 4, "toy"),
+        Split(x.double(), y, split.x_test, split.y_test, 3, "toy"),
+        Split(x.reshape(6, 3, 1), y, split.x_test, split.y_test, 3, "toy"),
+    ]
+    assert len({h, *map(nt.data_fingerprint, changes)}) == 1 + len(changes)
+    # The fingerprint is remembered per tensor, but not across an in-place edit or for a
+    # new tensor in the place of a freed one.
+    x[0, 0] += 1.0
+    edited = nt.data_fingerprint(split)
+    assert edited != h
+    first = nt.data_fingerprint(Split(x, torch.tensor([0, 0, 0, 1, 1, 1]), split.x_test,
+                                      split.y_test, 3, "toy"))
+    second = nt.data_fingerprint(Split(x, torch.tensor([1, 1, 1, 0, 0, 0]), split.x_test,
+                                       split.y_test, 3, "toy"))
+    assert first != second
+    with pytest.raises(TypeError, match="Split"):
+        nt.data_fingerprint((x, y))
+
+
 def test_a_diverged_run_round_trips_through_the_cache(tmp_path):
     cache = ResultCache(tmp_path, code_hash="x")
     cfg = tiny(lr=1e5, schedule="constant", norm="none")
@@ -300,6 +343,8 @@ def test_config_and_train_reject_wrong_types():
         train({"model": "mlp"})
     with pytest.raises(TypeError, match="cache"):
         train(tiny(), cache="yes")
+    with pytest.raises(TypeError, match="data must be a normlib.data.Split"):
+        train(tiny(), data=(torch.zeros(4, 2), torch.zeros(4)), cache=False)
 
 
 def test_a_batch_larger_than_the_training_set_is_rejected_before_training():

@@ -12,7 +12,9 @@ returns one row per point with
   of the loss gradient with respect to the point's output ``h`` (whole batch),
   ``weight_grad_norm``, the norm of the gradient with respect to the point's
   weights (its parameters with two or more dimensions: convolution and linear
-  weights, not the normalizers' per-channel gains), and ``weight_norm``.
+  weights, not the normalizers' per-channel gains; of a weight-normalized layer,
+  :math:`w = g\, v/\|v\|`, the stored direction :math:`v`, not the gain
+  :math:`g`), and ``weight_norm``, the norm of those same parameters.
 
 The hooks reduce each output to these numbers at once; no activation is kept
 beyond the one batch that autograd needs for the backward pass, so memory does
@@ -49,6 +51,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from normlib.layers import NormLayer
 from normlib.propagation.statistics import STATISTICS, representation_statistics
@@ -268,7 +271,21 @@ def _first_tensor(output, name: str) -> torch.Tensor:
 
 
 def _weights_of(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters() if p.dim() >= 2]
+    # A parametrized weight may be stored as several tensors: weight normalization keeps the
+    # gain g (out, 1, ...) as original0 next to the direction v as original1. The weight is
+    # the largest of them (v; the last one on a tie); the others are gains, as per-channel as
+    # a normalizer's, even though they have two or more dimensions.
+    gains: set[int] = set()
+    for m in module.modules():
+        if not parametrize.is_parametrized(m):
+            continue
+        for chain in m.parametrizations.values():
+            originals = [p for _, p in chain.named_parameters(recurse=False)]
+            if len(originals) > 1:
+                largest = max(p.numel() for p in originals)
+                weight = [p for p in originals if p.numel() == largest][-1]
+                gains.update(id(p) for p in originals if p is not weight)
+    return [p for p in module.parameters() if p.dim() >= 2 and id(p) not in gains]
 
 
 def _check_bool(value, name: str) -> bool:
@@ -362,12 +379,14 @@ def probe(
             with torch.enable_grad() if backward else torch.no_grad():
                 x_in = x.detach().clone().requires_grad_(backward and x.is_floating_point())
                 output = model(x_in)
+                # Before the backward pass, which fills in the records of the reached points.
+                missing = [names[i] for i, r in enumerate(records) if r is None]
+                if missing:
+                    raise ValueError(f"the forward pass never reached {missing}; probe points "
+                                     f"the model uses")
                 if backward:
                     _backward_statistics(output, y, device, loss_fn, x_in, outputs, weights,
                                          records, offset, include_input)
-        missing = [names[i] for i, r in enumerate(records) if r is None]
-        if missing:
-            raise ValueError(f"the forward pass never reached {missing}; probe points the model uses")
         for total, record in zip(sums, records):
             for key in columns:
                 total[key] += record.get(key, math.nan)

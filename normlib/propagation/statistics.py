@@ -201,6 +201,10 @@ def mean_cosine_similarity(x: torch.Tensor) -> float:
 
 
 def _eigenvalues(m: torch.Tensor) -> torch.Tensor:
+    if not bool(torch.isfinite(m).all()):
+        # NaN or infinite activations have no spectrum (eigvalsh would fail to converge):
+        # every rank measure is NaN, and the probes report it instead of raising.
+        return torch.full((m.shape[0],), math.nan, dtype=m.dtype, device=m.device)
     eig = torch.linalg.eigvalsh(m).flip(0)
     # Eigenvalues below the rounding level of the largest are zero in exact arithmetic
     # as far as anyone can tell; keeping them would add sqrt(eps)-sized singular values.
@@ -224,17 +228,23 @@ def gram_eigenvalues(x: torch.Tensor) -> torch.Tensor:
 
 def _stable_rank(eig: torch.Tensor) -> float:
     top = float(eig[0])
+    if math.isnan(top):
+        return math.nan
     return float(eig.sum()) / top if top > 0 else 0.0
 
 
-def _numerical_rank(eig: torch.Tensor, rtol: float) -> int:
+def _numerical_rank(eig: torch.Tensor, rtol: float) -> float:
     sv = eig.sqrt()
-    return int((sv > rtol * sv[0]).sum()) if float(sv[0]) > 0 else 0
+    if math.isnan(float(sv[0])):
+        return math.nan
+    return float((sv > rtol * sv[0]).sum()) if float(sv[0]) > 0 else 0.0
 
 
 def _effective_rank(eig: torch.Tensor) -> float:
     sv = eig.sqrt()
     total = float(sv.sum())
+    if math.isnan(total):
+        return math.nan
     if total <= 0:
         return 0.0
     p = sv / total
@@ -292,12 +302,19 @@ def numerical_rank(x: torch.Tensor, rtol: float | None = None) -> int:
             ``x``'s dtype as in ``torch.linalg.matrix_rank`` (float32 activations), but not
             below :data:`MIN_RTOL` (float64 ones).
 
+    Raises:
+        ValueError: if ``x`` holds a NaN or infinite value (it has no rank to count).
+
     Example:
         >>> numerical_rank(torch.diag(torch.tensor([1.0, 1e-2, 1e-6])), rtol=1e-3)
         2
     """
+    _check_activations(x)
     tol = _default_rtol(x) if rtol is None else _check_rtol(rtol)
-    return _numerical_rank(gram_eigenvalues(x), tol)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values; it has no numerical rank (the other "
+                         "rank measures return NaN for it)")
+    return int(_numerical_rank(gram_eigenvalues(x), tol))
 
 
 def effective_rank(x: torch.Tensor) -> float:
@@ -334,6 +351,7 @@ def representation_statistics(x: torch.Tensor, rtol: float | None = None) -> dic
 
     The probes call this once per layer and batch. The similarity measures need
     ``N >= 2``; with one sample they are NaN here (the probes refuse such a batch).
+    Activations with a NaN or infinite value give NaN similarity and ranks.
 
     Args:
         x: activations ``(N, C, *)``.
@@ -360,7 +378,7 @@ def representation_statistics(x: torch.Tensor, rtol: float | None = None) -> dic
         "second_moment": float(flat.pow(2).mean()),
         "cosine_similarity": _mean_off_diagonal(_cosine_from_gram(m)) if n >= 2 else float("nan"),
         "stable_rank": _stable_rank(eig),
-        "numerical_rank": float(_numerical_rank(eig, tol)),
+        "numerical_rank": _numerical_rank(eig, tol),
         "effective_rank": _effective_rank(eig),
         "orthogonality_gap": _orthogonality_gap(m),
     }
