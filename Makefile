@@ -11,7 +11,7 @@ BUILD := _build
 # Chapters are re-executed whenever the library changes: Jupyter Book's
 # execution cache hashes only notebook cells, so the build directory is keyed
 # on the library's sources and the environment's pins as well.
-LIB_HASH = $(shell cat pyproject.toml $$(find normlib -name '*.py' | LC_ALL=C sort) | sha256sum | cut -c1-16)
+LIB_HASH = $(shell cat pyproject.toml constraints.txt $$(find normlib -name '*.py' | LC_ALL=C sort) | sha256sum | cut -c1-16)
 export NORMLIB_CACHE_DIR ?= $(CURDIR)/.normlib-cache
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
@@ -19,12 +19,13 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first and pinned, so that nothing later pulls a different (CUDA) build as a dependency.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[book,test]"
+	@# Every other package at the exact version of constraints.txt: the same environment on every machine.
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[book,test]"
 	@touch $(STAMP)
 
 # Drop the build (and its execution cache) when the library changed.

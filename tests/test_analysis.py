@@ -141,12 +141,18 @@ def test_scale_dynamics_leaves_model_exactly_as_found():
     _assert_same_state(net, state)
 
 
-def test_scale_dynamics_restores_model_when_it_raises():
-    net = _mlp("bn")
+@pytest.mark.parametrize("start_in_eval", [False, True])
+def test_scale_dynamics_restores_model_when_it_raises(start_in_eval):
+    net = _mlp("bn").train(not start_in_eval)
+    hooks_before = [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                    for m in net.modules()]
     state = _state(net)
     with pytest.raises(ValueError, match="output_grad has shape"):
-        A.scale_dynamics(net, _x(), ALPHAS, output_grad=torch.ones(2, 2, dtype=DT))
+        A.scale_dynamics(net, _x(), ALPHAS, output_grad=torch.ones(2, 2, dtype=DT), mode="train")
     _assert_same_state(net, state)
+    assert all(m.training == (not start_in_eval) for m in net.modules())
+    assert hooks_before == [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                            for m in net.modules()]
 
 
 def test_scale_dynamics_rejects_bad_arguments():
@@ -389,11 +395,32 @@ def test_pca_snd_does_not_fall_with_batch_size_on_nearly_equal_eigenvalues():
     assert pca[1] > 3 * zca[1] and pca[1] > 3 * bn[1], sweep.values
 
 
-def test_snd_with_same_seed_uses_the_same_samples_for_every_method():
+def test_snd_with_same_seed_is_reproducible():
     data = _correlated(m=300)
     a = A.stochastic_normalization_disturbance(data, 16, method="zca", num_batches=10, seed=4)
     b = A.stochastic_normalization_disturbance(data, 16, method="zca", num_batches=10, seed=4)
     assert torch.equal(a.per_sample, b.per_sample)
+
+
+def test_snd_with_same_seed_normalizes_the_same_batches_for_every_method(monkeypatch):
+    data = _correlated(m=300)
+    seen = {}
+    normalize = A._normalize_batches
+
+    def recording(batches, method, eps, iterations):
+        seen.setdefault(method, []).append(batches.clone())
+        return normalize(batches, method, eps, iterations)
+
+    monkeypatch.setattr(A, "_normalize_batches", recording)
+    for method in ["bn", "zca", "pca", "cd", "iternorm"]:
+        A.stochastic_normalization_disturbance(data, 16, method=method, num_batches=10, seed=4)
+    A.stochastic_normalization_disturbance(data, 16, method="bn", num_batches=10, seed=5)
+    batches = {m: torch.cat(v) for m, v in seen.items()}
+    assert len(batches) == 5 and len(seen["bn"]) == 2
+    reference = seen["bn"][0]
+    for method, recorded in seen.items():
+        assert torch.equal(recorded[0], reference), method
+    assert not torch.equal(seen["bn"][1], reference)  # another seed, other batches
 
 
 def test_snd_rejects_bad_arguments():

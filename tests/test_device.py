@@ -39,3 +39,31 @@ def test_seed_everything_makes_torch_reproducible():
     assert torch.equal(a, torch.randn(3))
     with pytest.raises(ValueError):
         nd.seed_everything(-1)
+
+
+@pytest.mark.parametrize(("cuda", "mps", "expected"), [
+    (True, True, "cuda"), (False, True, "mps"), (False, False, "cpu"), (True, False, "cuda"),
+])
+def test_default_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.delenv("NORMLIB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(nd, "_mps_available", lambda: mps)
+    assert nd.default_device().type == expected
+
+
+@pytest.mark.parametrize(("cuda", "mps", "expected"), [
+    (True, False, "full"), (False, True, "small"), (False, False, "small"),
+])
+def test_size_preset_is_full_only_on_a_cuda_device(monkeypatch, cuda, mps, expected):
+    monkeypatch.delenv("NORMLIB_DEVICE", raising=False)
+    monkeypatch.delenv("NORMLIB_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(nd, "_mps_available", lambda: mps)
+    assert nd.size_preset() == expected
+
+
+def test_size_override_wins_over_the_device_default(monkeypatch):
+    monkeypatch.delenv("NORMLIB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("NORMLIB_SIZE", "small")
+    assert nd.size_preset() == "small" and nd.pick(small=1, full=2) == 1

@@ -706,3 +706,33 @@ def test_eigen_result_fields_have_documented_shapes(bn_case):
     assert isinstance(res, EigenResult)
     assert res.eigenvalues.shape == (3,) and res.eigenvectors.shape == (3, op.num_params)
     assert (res.eigenvalues[:-1] >= res.eigenvalues[1:]).all()  # largest first
+
+
+def test_progress_bars_are_drawn_on_request_and_absent_by_default_off_a_terminal(capsys):
+    net = bn_net()
+    x, y = batch()
+    op = HessianOperator(net, nn.CrossEntropyLoss(), (x, y), mode="train")
+    top_eigenpairs(op, k=1, tol=1e-3, progress=None)
+    hessian_trace(op, num_probes=4, progress=None)
+    assert capsys.readouterr().err == ""  # pytest's captured stderr is not a terminal
+    top_eigenpairs(op, k=1, tol=1e-3, progress=True)
+    hessian_trace(op, num_probes=4, progress=True)
+    err = capsys.readouterr().err
+    assert "Lanczos eigenpairs" in err and "trace probes" in err, err
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_top_eigenvalue_on_each_available_device_matches_the_float64_cpu_exact_value(device):
+    # float32 on the device (what a GPU user runs), compared with the float64 exact Hessian.
+    net = bn_net().float().to(device)
+    x, y = batch()
+    op = HessianOperator(net, nn.CrossEntropyLoss(), (x.float().to(device), y.to(device)), mode="train")
+    res = top_eigenpairs(op, k=2, tol=1e-4)
+    exact = torch.linalg.eigvalsh(exact_bn(bn_net(), x, y, training=True)).flip(0)[:2]
+    assert torch.allclose(res.eigenvalues.double().cpu(), exact, rtol=1e-4), (res.eigenvalues, exact)
+    trace = hessian_trace(op, num_probes=200, seed=0)
+    exact_trace = float(torch.trace(exact_bn(bn_net(), x, y, training=True)))
+    assert abs(trace.value - exact_trace) < 4 * trace.stderr, (trace.value, trace.stderr, exact_trace)

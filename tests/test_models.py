@@ -90,6 +90,12 @@ def test_non_positive_depth_or_width_raises(kwargs):
         MLP(3, 2, **{"depth": 3, "width": 4, **kwargs})
 
 
+@pytest.mark.parametrize("width", [0, -16, 8.0])
+def test_resnet_rejects_a_width_that_is_not_a_positive_int(width):
+    with pytest.raises(ValueError, match="width"):
+        ResNet(depth=20, width=width)
+
+
 def test_resnet_depth_must_be_6n_plus_2():
     with pytest.raises(ValueError, match="6n \\+ 2"):
         ResNet(depth=21)
