@@ -277,7 +277,7 @@ def judge(metrics: dict[str, float], thresholds: Thresholds | None = None) -> li
 
     A metric that is not finite (NaN or infinite activations or gradients, or a ratio over a
     layer whose activations or gradients are exactly zero) or degenerate (a variance growth
-    or gradient ratio below :attr:`Thresholds.degenerate_ratio`, a last layer of stable rank
+    or gradient ratio below ``degenerate_ratio`` of :class:`Thresholds`, a last layer of stable rank
     0) is a ``failure``: such a network does not propagate a signal, whatever the
     comparisons with the other limits would say (a vanished forward pass fails the
     informative check too: the similarity of rounding noise says nothing about the inputs).

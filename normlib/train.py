@@ -773,7 +773,6 @@ class MapEntry:
     Attributes:
         config: the configuration as given (its ``lr`` and ``seed`` are not used).
         search: the :class:`LrSearch` over the seeds.
-        runs: one :class:`RunResult` per seed at ``search.lr`` (empty if no rate was stable).
     """
 
     config: TrainConfig
@@ -781,7 +780,7 @@ class MapEntry:
 
     @property
     def runs(self) -> list[RunResult]:
-        """The runs of every seed at the chosen rate (``search.runs``)."""
+        """One :class:`RunResult` per seed at ``search.lr`` (empty if no rate was stable)."""
         return self.search.runs
 
 

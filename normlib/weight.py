@@ -1047,7 +1047,7 @@ def normprop(module: nn.Module, name: str = "weight") -> nn.Module:
     It is :func:`weight_norm` with the gains initialized to 1.
 
     Registered as ``"normprop"``: ``MLP(..., norm="normprop")`` applies it to every
-hidden layer (with the model's own activation, not :class:`NormPropReLU`).
+    hidden layer (with the model's own activation, not :class:`NormPropReLU`).
 
     Args:
         module: a layer with a weight of at least 2 dims.
