@@ -22,7 +22,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	@# torch first and pinned, so that nothing later pulls a different (CUDA) build as a dependency.
+	@# torch first and pinned, so that no later package pulls in another torch build as a dependency.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	@# Every other package at the exact version of constraints.txt: the same environment on every machine.
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[book,test]"

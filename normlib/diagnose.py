@@ -506,7 +506,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 def _diagnose_command(args) -> int:
     import sys
 
-    from normlib.train import TrainConfig, has_activation_norm
+    from normlib.models import has_activation_norm
+    from normlib.train import TrainConfig
 
     prog = "python -m normlib diagnose"
     norm_kwargs = {}

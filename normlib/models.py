@@ -37,7 +37,8 @@ from torch import nn
 
 from normlib.registry import NormSpec, norm_factory, weight_transform
 
-__all__ = ["MLP", "VGG", "ResNet", "BasicBlock", "resnet20", "resnet56", "kaiming_init_"]
+__all__ = ["MLP", "VGG", "ResNet", "BasicBlock", "resnet20", "resnet56", "kaiming_init_",
+           "has_activation_norm"]
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -59,12 +60,27 @@ def _activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name.lower()]()
 
 
-def _has_activation_norm(norm: NormSpec) -> bool:
+def has_activation_norm(norm: NormSpec, num_features: int = 8) -> bool | None:
+    """Whether ``norm`` puts a normalization layer in a model (where ``norm_kwargs`` go).
+
+    ``False`` for ``None``, ``"none"`` and the weight normalizers (``"wn"``, ``"sws"``, ...),
+    whose slot in a model is an ``nn.Identity`` that accepts and ignores every keyword
+    argument; ``True`` for an activation normalizer or a factory; ``None`` when the name cannot
+    be built with its defaults for ``num_features`` channels (an unknown name, for one:
+    building the model says why).
+
+    Example:
+        >>> has_activation_norm("gn"), has_activation_norm("wn"), has_activation_norm("none")
+        (True, False, False)
+    """
     if norm is None:
         return False
-    if isinstance(norm, str):
-        return not isinstance(norm_factory(norm)(1), nn.Identity)
-    return True
+    if not isinstance(norm, str):
+        return True
+    try:
+        return not isinstance(norm_factory(norm)(num_features), nn.Identity)
+    except (TypeError, ValueError):
+        return None
 
 
 def kaiming_init_(model: nn.Module, nonlinearity: str = "relu") -> nn.Module:
@@ -119,7 +135,7 @@ class MLP(nn.Module):
         norm_kwargs = dict(norm_kwargs or {})
         make_norm = norm_factory(norm, **norm_kwargs)
         reparam = _initialized(weight_transform(norm), activation)
-        bias = not _has_activation_norm(norm)
+        bias = not has_activation_norm(norm)
         self.in_features, self.width, self.depth = in_features, width, depth
         layers = []
         fan_in = in_features
@@ -176,7 +192,7 @@ class VGG(nn.Module):
             raise ValueError(f"depth={depth} must be at least num_stages={num_stages}")
         make_norm = norm_factory(norm, **dict(norm_kwargs or {}))
         reparam = _initialized(weight_transform(norm))
-        bias = not _has_activation_norm(norm)
+        bias = not has_activation_norm(norm)
         per_stage = [depth // num_stages + (1 if s < depth % num_stages else 0)
                      for s in range(num_stages)]
         layers, c_in = [], in_channels
@@ -266,7 +282,7 @@ class ResNet(nn.Module):
         n = (depth - 2) // 6
         make_norm = norm_factory(norm, **dict(norm_kwargs or {}))
         reparam = _initialized(weight_transform(norm))
-        bias = not _has_activation_norm(norm)
+        bias = not has_activation_norm(norm)
         if skipinit is True:
             alpha = 0.0
         elif skipinit is False or skipinit is None:

@@ -57,7 +57,7 @@ from tqdm import tqdm
 
 from normlib.data import Split
 from normlib.device import default_device
-from normlib.models import MLP, VGG, ResNet
+from normlib.models import MLP, VGG, ResNet, has_activation_norm
 
 __all__ = [
     "TrainConfig",
@@ -74,7 +74,6 @@ __all__ = [
     "ResultCache",
     "load_dataset",
     "build_model",
-    "has_activation_norm",
     "learning_rate_at",
     "divergence_threshold",
     "train",
@@ -102,26 +101,6 @@ def _nonnegative_float(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
             or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def has_activation_norm(norm: str, num_features: int = 8) -> bool | None:
-    """Whether ``norm`` puts a normalization layer in the models (where ``norm_kwargs`` go).
-
-    ``False`` for ``"none"`` and the weight normalizers (``"wn"``, ``"sws"``, ...), whose slot
-    in a model is an ``nn.Identity`` that accepts and ignores every keyword argument; ``None``
-    when ``norm`` cannot be built with its defaults for ``num_features`` channels (an unknown
-    name, for one: building the model says why).
-
-    Example:
-        >>> has_activation_norm("gn"), has_activation_norm("wn"), has_activation_norm("none")
-        (True, False, False)
-    """
-    from normlib.registry import create_norm
-
-    try:
-        return not isinstance(create_norm(norm, num_features), nn.Identity)
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -153,7 +132,8 @@ class TrainConfig:
     Raises:
         ValueError: for an unknown model, dataset, schedule or dtype, a non-positive size, a
             negative rate, or ``norm_kwargs`` for a normalizer that takes none (``"none"``, a
-            weight normalizer: see :func:`has_activation_norm`); the message names the argument.
+            weight normalizer: see :func:`normlib.models.has_activation_norm`); the message
+            names the argument.
 
     Example:
         >>> TrainConfig(model="vgg", depth=10, norm="gn", norm_kwargs={"group_size": 4},
@@ -337,8 +317,10 @@ def data_fingerprint(data: Split) -> str:
 
     Two splits with equal tensors have the same fingerprint, whatever their name; negating
     the inputs, relabelling or reordering a single sample changes it. Hashing runs at about
-    1 GB/s (CIFAR-10 in float32: under a second) and is remembered for the same, unmodified
-    tensors, so a map of many cached runs hashes its data once.
+    1 GB/s (CIFAR-10 in float32: under a second) and is remembered for the same tensors while
+    their version counters do not change, so a map of many cached runs hashes its data once.
+    Edits that bypass the counters (through ``.data``, or through a NumPy array sharing the
+    memory) are not seen: pass new tensors after such an edit.
 
     Raises:
         TypeError: if ``data`` is not a :class:`normlib.data.Split`.

@@ -896,7 +896,7 @@ def orthogonal_weight_norm(
 
 
 def oni(module: nn.Module, name: str = "weight", group_size: int | None = None,
-        num_iters: int = 5, centered: bool = True) -> nn.Module:
+        num_iters: int = 5, centered: bool = True, eps: float = 1e-5) -> nn.Module:
     r"""Orthogonalization by Newton's iteration (ONI): :func:`orthogonal_weight_norm`, ``method="newton"``.
 
     Args:
@@ -905,6 +905,8 @@ def oni(module: nn.Module, name: str = "weight", group_size: int | None = None,
         group_size: rows per group (``None``: the largest that fits).
         num_iters: Newton iterations ``T``; more is closer to orthogonal.
         centered: center the rows first.
+        eps: checked to be positive and otherwise unused (the Newton iterations need no
+            regularization); accepted so that every weight normalizer takes ``eps``.
 
     Returns:
         nn.Module: ``module``, parametrized.
@@ -914,7 +916,7 @@ def oni(module: nn.Module, name: str = "weight", group_size: int | None = None,
         >>> torch.allclose(lin.weight @ lin.weight.T, torch.eye(4), atol=1e-2)
         True
     """
-    return orthogonal_weight_norm(module, name, group_size, "newton", num_iters, centered)
+    return orthogonal_weight_norm(module, name, group_size, "newton", num_iters, centered, eps)
 
 
 def weight_standardization(module: nn.Module, name: str = "weight", eps: float = 1e-5) -> nn.Module:
@@ -1035,7 +1037,7 @@ def spectral_norm(
     return module
 
 
-def normprop(module: nn.Module, name: str = "weight") -> nn.Module:
+def normprop(module: nn.Module, name: str = "weight", eps: float = 1e-12) -> nn.Module:
     r"""Normalization propagation's weights :math:`\gamma_i v_i / \|v_i\|`, with :math:`\gamma_i = 1` at init.
 
     NormProp (Arpit et al., 2016) normalizes the data once and then keeps every
@@ -1052,6 +1054,7 @@ def normprop(module: nn.Module, name: str = "weight") -> nn.Module:
     Args:
         module: a layer with a weight of at least 2 dims.
         name: the parameter to normalize.
+        eps: added to each row's norm, as in :func:`weight_norm`.
 
     Returns:
         nn.Module: ``module``, parametrized (one gain per output unit, which is
@@ -1066,7 +1069,7 @@ def normprop(module: nn.Module, name: str = "weight") -> nn.Module:
         >>> torch.allclose(lin.weight.norm(dim=1), torch.ones(3))
         True
     """
-    weight_norm(module, name, dim=_output_dim(module))
+    weight_norm(module, name, dim=_output_dim(module), eps=eps)
     with torch.no_grad():
         getattr(module.parametrizations, name).original0.fill_(1.0)
     return module

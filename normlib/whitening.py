@@ -165,6 +165,37 @@ def _identity_like(cov: Tensor) -> Tensor:
     return torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
 
 
+def _sym(m: Tensor) -> Tensor:
+    return (m + m.transpose(-1, -2)) / 2
+
+
+def _inverse_sqrt_frechet(evecs: Tensor, s: Tensor, g: Tensor) -> Tensor:
+    """``Df(A)[sym g]`` for ``f(t) = t^{-1/2}``, ``A = U diag(s^2) U^T`` (first Daleckii-Krein formula)."""
+    # First divided differences of t^{-1/2}: (f(a) - f(b)) / (a - b) = -1 / (sa sb (sa + sb)),
+    # equal to f'(a) on the diagonal and for repeated eigenvalues alike.
+    si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
+    loewner = -1.0 / (si * sj * (si + sj))
+    inner = evecs.transpose(-1, -2) @ _sym(g) @ evecs
+    return evecs @ (loewner * inner) @ evecs.transpose(-1, -2)
+
+
+def _inverse_sqrt_second_frechet(evecs: Tensor, s: Tensor, e: Tensor, g: Tensor) -> Tensor:
+    """``D^2 f(A)[sym e, sym g]`` for ``f(t) = t^{-1/2}`` (second Daleckii-Krein formula).
+
+    ``U M U^T`` with ``M_ij = sum_k f[l_i, l_k, l_j] (E_ik G_kj + G_ik E_kj)`` in the eigenbasis,
+    where the second divided difference of ``t^{-1/2}`` has the closed form
+    ``(p + q + r) / (p q r (p + q) (p + r) (q + r))`` in the square roots ``p, q, r`` of the
+    eigenvalues: finite for repeated eigenvalues (``f''(a) / 2`` when all three are equal).
+    """
+    p, q, r = s[..., :, None, None], s[..., None, :, None], s[..., None, None, :]
+    second = (p + q + r) / (p * q * r * (p + q) * (p + r) * (q + r))  # [..., i, k, j]
+    ut = evecs.transpose(-1, -2)
+    et, gt = ut @ _sym(e) @ evecs, ut @ _sym(g) @ evecs
+    inner = (torch.einsum("...ikj,...ik,...kj->...ij", second, et, gt)
+             + torch.einsum("...ikj,...ik,...kj->...ij", second, gt, et))
+    return evecs @ inner @ ut
+
+
 class _InverseSqrtSymmetric(torch.autograd.Function):
     """``A^{-1/2}`` of a symmetric positive definite ``A`` with a divided-difference backward."""
 
@@ -173,20 +204,56 @@ class _InverseSqrtSymmetric(torch.autograd.Function):
         evals, evecs = torch.linalg.eigh(a)
         # Eigenvalues of Sigma + eps I are >= eps; clamping only undoes round-off.
         s = evals.clamp_min(floor).sqrt()
-        ctx.save_for_backward(evecs, s)
+        ctx.save_for_backward(a, evecs, s)
         return (evecs / s.unsqueeze(-2)) @ evecs.transpose(-1, -2)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        evecs, s = ctx.saved_tensors
-        # Loewner matrix of t -> t^{-1/2}: (f(a) - f(b)) / (a - b) = -1 / (sa sb (sa + sb)),
-        # equal to f'(a) on the diagonal and for repeated eigenvalues alike.
-        si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
-        loewner = -1.0 / (si * sj * (si + sj))
-        g = (grad + grad.transpose(-1, -2)) / 2
-        inner = evecs.transpose(-1, -2) @ g @ evecs
-        return evecs @ (loewner * inner) @ evecs.transpose(-1, -2), None
+        a, evecs, s = ctx.saved_tensors
+        # Through a Function of its own, so that a second backward pass (Hessian-vector
+        # products) differentiates the Frechet derivative exactly instead of dropping it.
+        return _InverseSqrtFrechet.apply(a, grad, evecs, s), None
+
+
+class _InverseSqrtFrechet(torch.autograd.Function):
+    """``B = Df(A)[sym G]``: the backward of :class:`_InverseSqrtSymmetric`, differentiable in A and G."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, g: Tensor, evecs: Tensor, s: Tensor) -> Tensor:
+        ctx.save_for_backward(a, g, evecs, s)
+        return _inverse_sqrt_frechet(evecs, s, g)
+
+    @staticmethod
+    def backward(ctx, grad_b: Tensor):
+        a, g, evecs, s = ctx.saved_tensors
+        # Df(A) is self-adjoint, and <H, D^2 f(A)[E, G]> is symmetric in H, E and G, so the
+        # adjoints are Df(A)[sym H] (for G) and D^2 f(A)[sym H, sym G] (for A).
+        grad_g = _InverseSqrtFrechet.apply(a, grad_b, evecs, s) if ctx.needs_input_grad[1] else None
+        grad_a = None
+        if ctx.needs_input_grad[0]:
+            grad_a = _NotDifferentiable.apply(
+                _inverse_sqrt_second_frechet(evecs, s, grad_b, g),
+                "inverse_sqrt_symmetric supports first and second derivatives (gradients and "
+                "Hessian-vector products), not third derivatives", a, g, grad_b)
+        return grad_a, grad_g, None, None
+
+
+class _NotDifferentiable(torch.autograd.Function):
+    """Identity on ``value`` whose own derivative raises ``RuntimeError(message)``.
+
+    A backward pass that is exact only to first order returns its result through this, with
+    the tensors that result depends on as ``inputs``: a further derivative (through
+    ``create_graph=True``) then fails loudly instead of silently dropping terms.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, message: str, *inputs: Tensor) -> Tensor:
+        ctx.message = message
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(ctx.message)
 
 
 def inverse_sqrt_symmetric(a: Tensor, floor: float = 0.0) -> Tensor:
@@ -195,7 +262,10 @@ def inverse_sqrt_symmetric(a: Tensor, floor: float = 0.0) -> Tensor:
     Only the lower triangle of ``a`` is read (as by ``torch.linalg.eigh``), so
     pass a symmetric matrix. Eigenvalues below ``floor`` are raised to it. The
     backward pass is the Daleckii-Krein formula with the divided differences
-    of ``t^{-1/2}``, which are finite for repeated eigenvalues.
+    of ``t^{-1/2}``, which are finite for repeated eigenvalues; it is itself
+    differentiable (second-order Daleckii-Krein formula), so Hessian-vector
+    products through whitening layers and orthogonal weight normalization are
+    exact. Third derivatives raise ``RuntimeError``.
 
     Args:
         a: symmetric positive definite, ``(..., d, d)``.
@@ -212,29 +282,39 @@ def inverse_sqrt_symmetric(a: Tensor, floor: float = 0.0) -> Tensor:
 
 
 class _BroadenedEigh(torch.autograd.Function):
-    """``torch.linalg.eigh`` whose backward replaces ``1 / gap`` by ``gap / (gap^2 + delta^2)``."""
+    """``torch.linalg.eigh`` whose backward replaces ``1 / gap`` by ``gap / (gap^2 + delta^2)``.
+
+    The broadened backward is not the derivative of any function, so it has none itself:
+    differentiating it (a Hessian-vector product through PCA whitening in training mode)
+    raises instead of returning a wrong second derivative.
+    """
 
     @staticmethod
     def forward(ctx, a: Tensor):
         evals, evecs = torch.linalg.eigh(a)
-        ctx.save_for_backward(evals, evecs)
+        ctx.save_for_backward(a, evals, evecs)
         return evals, evecs
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_evals: Tensor | None, grad_evecs: Tensor | None):
-        evals, evecs = ctx.saved_tensors
-        vt = evecs.transpose(-1, -2)
-        inner = torch.zeros_like(evecs)
-        if grad_evecs is not None:
-            gap = evals.unsqueeze(-2) - evals.unsqueeze(-1)  # gap[i, j] = lambda_j - lambda_i
-            scale = evals.abs().amax(dim=-1, keepdim=True).unsqueeze(-1)
-            delta = torch.finfo(evals.dtype).eps ** 0.5 * scale
-            inner = gap / (gap * gap + delta * delta) * (vt @ grad_evecs)
-        if grad_evals is not None:
-            inner = inner + torch.diag_embed(grad_evals)
-        grad_a = evecs @ inner @ vt
-        return (grad_a + grad_a.transpose(-1, -2)) / 2
+        a, evals, evecs = ctx.saved_tensors
+        with torch.no_grad():
+            vt = evecs.transpose(-1, -2)
+            inner = torch.zeros_like(evecs)
+            if grad_evecs is not None:
+                gap = evals.unsqueeze(-2) - evals.unsqueeze(-1)  # gap[i, j] = lambda_j - lambda_i
+                scale = evals.abs().amax(dim=-1, keepdim=True).unsqueeze(-1)
+                delta = torch.finfo(evals.dtype).eps ** 0.5 * scale
+                inner = gap / (gap * gap + delta * delta) * (vt @ grad_evecs)
+            if grad_evals is not None:
+                inner = inner + torch.diag_embed(grad_evals)
+            grad_a = evecs @ inner @ vt
+            grad_a = (grad_a + grad_a.transpose(-1, -2)) / 2
+        given = [g for g in (grad_evals, grad_evecs) if g is not None]
+        return _NotDifferentiable.apply(
+            grad_a, "PCA whitening's eigenvector gradient is regularized for repeated eigenvalues "
+            "and has no second derivative: for Hessians of a network with PCA whitening use "
+            "mode='eval' (running statistics), or ZCA, Cholesky or IterNorm whitening", a, *given)
 
 
 def _iternorm_matrix(cov: Tensor, iterations: int) -> Tensor:

@@ -479,3 +479,13 @@ def test_averaged_whitening_matrices_are_biased_where_averaged_covariances_are_n
 def test_train_inference_discrepancy_rejects_bad_momentum():
     with pytest.raises(ValueError, match="momentum must be in"):
         A.train_inference_discrepancy(_correlated(m=100), 16, momentum=1.5)
+
+
+def test_invariance_table_accepts_every_registered_weight_normalizer():
+    from normlib.registry import _WEIGHT
+
+    # One name per weight normalizer (the registry also holds aliases).
+    names = sorted({fn: name for name, fn in _WEIGHT.items()}.values())
+    assert {"wn", "own", "oni", "sn", "normprop"} <= {n for n in _WEIGHT}
+    table = A.invariance_table(names)
+    assert table.errors.shape[0] == len(names) >= 8 and torch.isfinite(table.errors).all()

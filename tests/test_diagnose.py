@@ -145,7 +145,7 @@ def test_non_finite_or_vanished_metrics_are_failures_not_ok():
 
 def test_instance_norm_of_vectors_outputs_zeros_and_every_property_fails():
     # Instance Normalization of (N, C) vectors standardizes single numbers: zeros, up to
-    # rounding. Before the fix the vanished metrics (all 0) compared as "ok".
+    # rounding. Vanished metrics (all 0) must not pass the comparisons that define "ok".
     d = diagnose_config(config(model="mlp", depth=20, width=16, norm="in"))
     assert d.metrics["variance_growth"] < 1e-12 and d.metrics["gradient_ratio"] == 0.0
     assert d.verdicts == dict.fromkeys(d.verdicts, "failure"), d.checks

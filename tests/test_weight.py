@@ -315,8 +315,8 @@ def _orthonormal_rows(out: int, fan_in: int, seed: int, dtype=DT) -> torch.Tenso
 @pytest.mark.parametrize("dtype", [torch.float32, DT])
 @pytest.mark.parametrize("seed", range(4))
 def test_orthogonal_weight_norm_gradient_is_finite_for_an_orthogonal_init(dtype, seed):
-    # Orthonormal rows make every eigenvalue of V V^T equal to 1; autograd through eigh
-    # divides by their differences and gave NaN for most of these seeds.
+    # Orthonormal rows make every eigenvalue of V V^T equal to 1; plain autograd through eigh
+    # divides by their differences (NaN for most of these seeds), the divided differences do not.
     lin = nn.Linear(8, 4).to(dtype)
     with torch.no_grad():
         lin.weight.copy_(_orthonormal_rows(4, 8, seed, dtype))
@@ -501,7 +501,7 @@ def test_bad_hyperparameters_raise_before_parametrizing(call, match):
      ({"eps": -1e-5}, "eps must be a positive float")],
 )
 def test_orthogonalize_weight_rejects_non_positive_num_iters_and_eps(kwargs, match):
-    # num_iters=0 used to return the merely rescaled rows, silently not orthogonal.
+    # num_iters=0 would return the merely rescaled rows, silently not orthogonal.
     with pytest.raises(ValueError, match=match):
         nw.orthogonalize_weight(torch.randn(4, 6), 2, **kwargs)
 
@@ -597,3 +597,38 @@ def test_sgd_on_a_scale_invariant_weight_grows_its_norm_by_pythagoras():
         opt.step()
         expected = before.norm() ** 2 + 0.3**2 * grad.norm() ** 2
         assert abs(float(v.detach().norm() ** 2 / expected) - 1) < 1e-13
+
+
+@pytest.mark.parametrize("norm", ["own", "oni", "wn", "ws"])
+def test_hessian_vector_products_through_weight_normalizers_match_finite_differences(norm):
+    from normlib.hessian import HessianOperator
+    from normlib.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(6, 3, width=8, depth=2, norm=norm).double()
+    x = torch.randn(32, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,))
+    op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), mode="train")
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    theta, h = op.parameters_vector(), 1e-5
+
+    def gradient_at(t):
+        other = MLP(6, 3, width=8, depth=2, norm=norm).double()
+        other.load_state_dict(model.state_dict())
+        torch.nn.utils.vector_to_parameters(t, [p for p in other.parameters() if p.requires_grad])
+        return HessianOperator(other, nn.CrossEntropyLoss(), (x, y), mode="train").gradient()
+
+    fd = (gradient_at(theta + h * v) - gradient_at(theta - h * v)) / (2 * h)
+    assert float((op.matvec(v) - fd).norm() / fd.norm()) < 1e-6
+
+
+def test_hessian_of_exact_orthogonal_weight_norm_is_finite_at_an_orthogonal_init():
+    from normlib.hessian import HessianOperator, hessian_matrix
+
+    layer = nn.Linear(4, 3, bias=False).double()
+    nn.init.orthogonal_(layer.weight)  # V V^T = I: every eigenvalue repeated
+    nw.orthogonal_weight_norm(layer, centered=False)
+    x = torch.randn(16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    op = HessianOperator(layer, nn.MSELoss(), (x, torch.zeros(16, 3, dtype=torch.float64)), mode="train")
+    h = hessian_matrix(op)
+    assert torch.isfinite(h).all() and torch.allclose(h, h.T, atol=1e-10)

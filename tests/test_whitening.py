@@ -571,3 +571,65 @@ def test_whiten_nop_plugs_into_the_framework_with_any_partition():
     x = feature_maps((16, 6, 3, 3))
     y = normalize(x, BATCH, W.Whiten("zca", group_size=3, eps=1e-5))
     assert torch.allclose(y, batch_whitening_reference(x, 3, 1e-5), atol=1e-9)
+
+
+# ------------------------------------------------------------------ second derivatives
+
+
+def _spd(n: int, seed: int) -> torch.Tensor:
+    m = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return m @ m.T / n + 0.5 * torch.eye(n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("eigenvalues", [None, [2.0, 2.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]],
+                         ids=["distinct", "all-equal", "two-pairs"])
+def test_inverse_sqrt_symmetric_second_derivatives_are_exact_also_at_repeated_eigenvalues(eigenvalues):
+    a = _spd(4, 0) if eigenvalues is None else torch.diag(torch.tensor(eigenvalues, dtype=torch.float64))
+    a.requires_grad_(True)
+
+    def f(x):
+        return W.inverse_sqrt_symmetric((x + x.T) / 2)
+
+    assert torch.autograd.gradcheck(f, (a,))
+    assert torch.autograd.gradgradcheck(f, (a,))
+
+
+def test_inverse_sqrt_symmetric_refuses_a_third_derivative():
+    a = _spd(3, 1).requires_grad_(True)
+    (g,) = torch.autograd.grad(W.inverse_sqrt_symmetric(a).sum(), a, create_graph=True)
+    (h,) = torch.autograd.grad(g.square().sum(), a, create_graph=True)
+    with pytest.raises(RuntimeError, match="not third derivatives"):
+        torch.autograd.grad(h.sum(), a)
+
+
+def _hessian_vector_product_and_finite_difference(norm: str, mode: str):
+    from normlib.hessian import HessianOperator
+    from normlib.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(6, 3, width=8, depth=2, norm=norm).double()
+    x = torch.randn(32, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,))
+    op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), mode=mode)
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    theta, h = op.parameters_vector(), 1e-5
+
+    def gradient_at(t):
+        copy = MLP(6, 3, width=8, depth=2, norm=norm).double()
+        copy.load_state_dict(model.state_dict())
+        torch.nn.utils.vector_to_parameters(t, [p for p in copy.parameters() if p.requires_grad])
+        return HessianOperator(copy, nn.CrossEntropyLoss(), (x, y), mode=mode).gradient()
+
+    return op.matvec(v), (gradient_at(theta + h * v) - gradient_at(theta - h * v)) / (2 * h)
+
+
+@pytest.mark.parametrize(("norm", "mode"), [("zca", "train"), ("zca", "eval"), ("cholesky", "train"),
+                                            ("iternorm", "train"), ("pca", "eval")])
+def test_hessian_vector_products_through_whitening_layers_match_finite_differences(norm, mode):
+    hv, fd = _hessian_vector_product_and_finite_difference(norm, mode)
+    assert float((hv - fd).norm() / fd.norm()) < 1e-6
+
+
+def test_hessian_through_training_mode_pca_whitening_raises_instead_of_being_wrong():
+    with pytest.raises(RuntimeError, match="PCA whitening's eigenvector gradient"):
+        _hessian_vector_product_and_finite_difference("pca", "train")
