@@ -682,7 +682,7 @@ def instance_norm(
     spatial = x.numel() // max(x.shape[0] * c, 1)
     if backend == "auto":
         xc = _torch_ready(x, weight, bias, running_mean, running_var)
-        if xc is not None and not has_running:
+        if xc is not None and not has_running and _torch_group_norm_accepts(x, c):
             return F.group_norm(xc, c, weight, bias, eps).to(x.dtype)
         if xc is not None and spatial > 1:
             out = F.instance_norm(
@@ -731,9 +731,17 @@ def group_norm(
         _check_per_channel(t, n, c)
     _check_eps(eps)
     _check_backend(backend)
-    if backend == "auto" and (xc := _torch_ready(x, weight, bias)) is not None:
+    if (backend == "auto" and _torch_group_norm_accepts(x, num_groups)
+            and (xc := _torch_ready(x, weight, bias)) is not None):
         return F.group_norm(xc, num_groups, weight, bias, eps).to(x.dtype)
     return normalize(x, GROUP(num_groups), Standardize(eps), _affine(weight, bias))
+
+
+def _torch_group_norm_accepts(x: Tensor, num_groups: int) -> bool:
+    # torch's group_norm refuses an input with one value per group in all (a single sample of
+    # single-value groups), in any mode, with a message about training; the framework path
+    # normalizes it like any other input (to the bias), as it does for larger batches.
+    return x.numel() // num_groups > 1
 
 
 def positional_norm(

@@ -340,3 +340,21 @@ def test_assert_same_layer_catches_a_gradient_that_is_wrong_only_in_evaluation()
     oracle = _DetachedInEval(4)
     with pytest.raises(AssertionError, match="eval input grad"):
         assert_same_layer(ours, oracle, (5, 4, 3, 3), torch.float64, buffers=())
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("train", [True, False])
+def test_single_value_groups_give_the_bias_on_both_paths_for_any_batch_size(batch, train):
+    # Each statistic of (N, C) vectors with one channel per group has a single value: the
+    # standardized value is 0 and the output the bias, on torch's kernel and the framework alike.
+    x = torch.randn(batch, 4)
+    for make in (lambda b: L.InstanceNorm(4, backend=b), lambda b: L.GroupNorm(4, num_groups=4, backend=b)):
+        outs = []
+        for backend in ("auto", "framework"):
+            layer = make(backend).train(train)
+            with torch.no_grad():
+                layer.bias.copy_(torch.arange(4.0))
+            outs.append(layer(x))
+        # torch's kernel rounds the mean of one value (errors ~1e-5 after dividing by sqrt(eps)).
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=0)
+        torch.testing.assert_close(outs[1], torch.arange(4.0).expand(batch, 4), atol=0, rtol=0)
