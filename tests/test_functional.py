@@ -753,7 +753,8 @@ def test_no_nan_or_inf_for_finite_inputs_including_constant_and_half_precision(
 
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("name", ["bn", "ln", "in", "gn", "bgn", "pn", "rms", "vn", "frn",
-                                  "evonorm_s0", "region"])
+                                  "evonorm_s0", "evonorm_b0", "region", "lrn", "local_contrast",
+                                  "divisive", "local_context", "population"])
 @pytest.mark.parametrize("backend_kw", [{}, {"backend": "framework"}])
 def test_half_precision_inputs_are_normalized_with_float32_statistics(name, dtype, backend_kw):
     # Values near 300: their squares overflow float16 (max 65504), so float16
@@ -767,7 +768,7 @@ def test_half_precision_inputs_are_normalized_with_float32_statistics(name, dtyp
     assert y.dtype == dtype
     torch.testing.assert_close(y.float(), expected, atol=RESOLUTION[dtype] * 4,
                                rtol=RESOLUTION[dtype])
-    assert expected.abs().amax() > 1.0  # the check above is not vacuous
+    assert expected.abs().amax() > 0.5  # the check above is not vacuous (0 is the overflow failure)
 
 
 # --------------------------------------------------------------------------- errors
