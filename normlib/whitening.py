@@ -187,12 +187,19 @@ def _inverse_sqrt_second_frechet(evecs: Tensor, s: Tensor, e: Tensor, g: Tensor)
     ``(p + q + r) / (p q r (p + q) (p + r) (q + r))`` in the square roots ``p, q, r`` of the
     eigenvalues: finite for repeated eigenvalues (``f''(a) / 2`` when all three are equal).
     """
-    p, q, r = s[..., :, None, None], s[..., None, :, None], s[..., None, None, :]
-    second = (p + q + r) / (p * q * r * (p + q) * (p + r) * (q + r))  # [..., i, k, j]
     ut = evecs.transpose(-1, -2)
     et, gt = ut @ _sym(e) @ evecs, ut @ _sym(g) @ evecs
-    inner = (torch.einsum("...ikj,...ik,...kj->...ij", second, et, gt)
-             + torch.einsum("...ikj,...ik,...kj->...ij", second, gt, et))
+    n = s.shape[-1]
+    inner = torch.zeros_like(et)
+    # The (..., n, n, n) tensor of divided differences is built a slab of k at a time, so that
+    # memory stays near 2^22 entries per matrix for wide layers.
+    step = max(1, 2**22 // (n * n))
+    for k0 in range(0, n, step):
+        k = slice(k0, min(n, k0 + step))
+        p, q, r = s[..., :, None, None], s[..., None, k, None], s[..., None, None, :]
+        second = (p + q + r) / (p * q * r * (p + q) * (p + r) * (q + r))  # [..., i, k, j]
+        inner = inner + (torch.einsum("...ikj,...ik,...kj->...ij", second, et[..., :, k], gt[..., k, :])
+                         + torch.einsum("...ikj,...ik,...kj->...ij", second, gt[..., :, k], et[..., k, :]))
     return evecs @ inner @ ut
 
 

@@ -633,3 +633,21 @@ def test_hessian_vector_products_through_whitening_layers_match_finite_differenc
 def test_hessian_through_training_mode_pca_whitening_raises_instead_of_being_wrong():
     with pytest.raises(RuntimeError, match="PCA whitening's eigenvector gradient"):
         _hessian_vector_product_and_finite_difference("pca", "train")
+
+
+def test_second_frechet_derivative_of_a_wide_matrix_matches_differences_of_the_first():
+    # n = 300 builds the divided differences in several slabs of k.
+    n = 300
+    a = _spd(n, 2) + 0.5 * torch.eye(n, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    e, g = (torch.randn(n, n, dtype=torch.float64, generator=gen) for _ in range(2))
+
+    def first(matrix):
+        evals, evecs = torch.linalg.eigh(matrix)
+        return W._inverse_sqrt_frechet(evecs, evals.sqrt(), g)
+
+    evals, evecs = torch.linalg.eigh(a)
+    second = W._inverse_sqrt_second_frechet(evecs, evals.sqrt(), e, g)
+    h, e_sym = 1e-5, (e + e.T) / 2
+    differences = (first(a + h * e_sym) - first(a - h * e_sym)) / (2 * h)
+    assert float((second - differences).norm() / differences.norm()) < 1e-6
