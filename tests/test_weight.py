@@ -600,26 +600,10 @@ def test_sgd_on_a_scale_invariant_weight_grows_its_norm_by_pythagoras():
 
 
 @pytest.mark.parametrize("norm", ["own", "oni", "wn", "ws"])
-def test_hessian_vector_products_through_weight_normalizers_match_finite_differences(norm):
-    from normlib.hessian import HessianOperator
-    from normlib.models import MLP
-
-    torch.manual_seed(0)
-    model = MLP(6, 3, width=8, depth=2, norm=norm).double()
-    x = torch.randn(32, 6, dtype=torch.float64)
-    y = torch.randint(0, 3, (32,))
-    op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), mode="train")
-    v = torch.randn(op.num_params, dtype=torch.float64)
-    theta, h = op.parameters_vector(), 1e-5
-
-    def gradient_at(t):
-        other = MLP(6, 3, width=8, depth=2, norm=norm).double()
-        other.load_state_dict(model.state_dict())
-        torch.nn.utils.vector_to_parameters(t, [p for p in other.parameters() if p.requires_grad])
-        return HessianOperator(other, nn.CrossEntropyLoss(), (x, y), mode="train").gradient()
-
-    fd = (gradient_at(theta + h * v) - gradient_at(theta - h * v)) / (2 * h)
-    assert float((op.matvec(v) - fd).norm() / fd.norm()) < 1e-6
+def test_hessian_vector_products_through_weight_normalizers_match_finite_differences(
+        norm, hvp_and_finite_difference):
+    hv, fd = hvp_and_finite_difference(norm, "train")
+    assert float((hv - fd).norm() / fd.norm()) < 1e-6
 
 
 def test_hessian_of_exact_orthogonal_weight_norm_is_finite_at_an_orthogonal_init():

@@ -602,37 +602,18 @@ def test_inverse_sqrt_symmetric_refuses_a_third_derivative():
         torch.autograd.grad(h.sum(), a)
 
 
-def _hessian_vector_product_and_finite_difference(norm: str, mode: str):
-    from normlib.hessian import HessianOperator
-    from normlib.models import MLP
-
-    torch.manual_seed(0)
-    model = MLP(6, 3, width=8, depth=2, norm=norm).double()
-    x = torch.randn(32, 6, dtype=torch.float64)
-    y = torch.randint(0, 3, (32,))
-    op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), mode=mode)
-    v = torch.randn(op.num_params, dtype=torch.float64)
-    theta, h = op.parameters_vector(), 1e-5
-
-    def gradient_at(t):
-        copy = MLP(6, 3, width=8, depth=2, norm=norm).double()
-        copy.load_state_dict(model.state_dict())
-        torch.nn.utils.vector_to_parameters(t, [p for p in copy.parameters() if p.requires_grad])
-        return HessianOperator(copy, nn.CrossEntropyLoss(), (x, y), mode=mode).gradient()
-
-    return op.matvec(v), (gradient_at(theta + h * v) - gradient_at(theta - h * v)) / (2 * h)
-
-
 @pytest.mark.parametrize(("norm", "mode"), [("zca", "train"), ("zca", "eval"), ("cholesky", "train"),
                                             ("iternorm", "train"), ("pca", "eval")])
-def test_hessian_vector_products_through_whitening_layers_match_finite_differences(norm, mode):
-    hv, fd = _hessian_vector_product_and_finite_difference(norm, mode)
+def test_hessian_vector_products_through_whitening_layers_match_finite_differences(
+        norm, mode, hvp_and_finite_difference):
+    hv, fd = hvp_and_finite_difference(norm, mode)
     assert float((hv - fd).norm() / fd.norm()) < 1e-6
 
 
-def test_hessian_through_training_mode_pca_whitening_raises_instead_of_being_wrong():
+def test_hessian_through_training_mode_pca_whitening_raises_instead_of_being_wrong(
+        hvp_and_finite_difference):
     with pytest.raises(RuntimeError, match="PCA whitening's eigenvector gradient"):
-        _hessian_vector_product_and_finite_difference("pca", "train")
+        hvp_and_finite_difference("pca", "train")
 
 
 def test_second_frechet_derivative_of_a_wide_matrix_matches_differences_of_the_first():
