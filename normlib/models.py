@@ -135,7 +135,7 @@ class MLP(nn.Module):
         norm_kwargs = dict(norm_kwargs or {})
         make_norm = norm_factory(norm, **norm_kwargs)
         reparam = _initialized(weight_transform(norm), activation)
-        bias = not has_activation_norm(norm)
+        bias = has_activation_norm(norm) is False
         self.in_features, self.width, self.depth = in_features, width, depth
         layers = []
         fan_in = in_features
@@ -192,7 +192,7 @@ class VGG(nn.Module):
             raise ValueError(f"depth={depth} must be at least num_stages={num_stages}")
         make_norm = norm_factory(norm, **dict(norm_kwargs or {}))
         reparam = _initialized(weight_transform(norm))
-        bias = not has_activation_norm(norm)
+        bias = has_activation_norm(norm) is False
         per_stage = [depth // num_stages + (1 if s < depth % num_stages else 0)
                      for s in range(num_stages)]
         layers, c_in = [], in_channels
@@ -282,7 +282,7 @@ class ResNet(nn.Module):
         n = (depth - 2) // 6
         make_norm = norm_factory(norm, **dict(norm_kwargs or {}))
         reparam = _initialized(weight_transform(norm))
-        bias = not has_activation_norm(norm)
+        bias = has_activation_norm(norm) is False
         if skipinit is True:
             alpha = 0.0
         elif skipinit is False or skipinit is None:

@@ -197,7 +197,8 @@ def _inverse_sqrt_second_frechet(evecs: Tensor, s: Tensor, e: Tensor, g: Tensor)
     for k0 in range(0, n, step):
         k = slice(k0, min(n, k0 + step))
         p, q, r = s[..., :, None, None], s[..., None, k, None], s[..., None, None, :]
-        second = (p + q + r) / (p * q * r * (p + q) * (p + r) * (q + r))  # [..., i, k, j]
+        # Two divisions, not one product of six factors: that underflows in float32.
+        second = (p + q + r) / (p * q * r) / ((p + q) * (p + r) * (q + r))  # [..., i, k, j]
         inner = inner + (torch.einsum("...ikj,...ik,...kj->...ij", second, et[..., :, k], gt[..., k, :])
                          + torch.einsum("...ikj,...ik,...kj->...ij", second, gt[..., :, k], et[..., k, :]))
     return evecs @ inner @ ut
@@ -238,8 +239,10 @@ class _InverseSqrtFrechet(torch.autograd.Function):
         grad_g = _InverseSqrtFrechet.apply(a, grad_b, evecs, s) if ctx.needs_input_grad[1] else None
         grad_a = None
         if ctx.needs_input_grad[0]:
+            with torch.no_grad():  # its graph could never be used: its derivative raises
+                second = _inverse_sqrt_second_frechet(evecs, s, grad_b, g)
             grad_a = _NotDifferentiable.apply(
-                _inverse_sqrt_second_frechet(evecs, s, grad_b, g),
+                second,
                 "inverse_sqrt_symmetric supports first and second derivatives (gradients and "
                 "Hessian-vector products), not third derivatives", a, g, grad_b)
         return grad_a, grad_g, None, None

@@ -112,3 +112,21 @@ def test_unknown_normalizer_lists_known_names():
 def test_mlp_rejects_wrong_input_size():
     with pytest.raises(ValueError, match="expected 8 input features"):
         MLP(8, 2, width=4, depth=1)(torch.randn(3, 9))
+
+
+def test_a_normalizer_that_needs_arguments_still_replaces_the_bias():
+    from normlib.registry import register_norm
+
+    name = "test_only_grouped_norm"
+
+    @register_norm(name, override=True)
+    def _grouped(num_features, *, groups):  # no default: cannot be built without norm_kwargs
+        return nn.GroupNorm(groups, num_features)
+
+    try:
+        model = MLP(4, 2, width=8, depth=2, norm=name, norm_kwargs={"groups": 2})
+        linears = [m for m in model.layers.modules() if isinstance(m, nn.Linear)]
+        assert linears and all(m.bias is None for m in linears)
+        assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    finally:
+        _REGISTRY.pop(name, None)
