@@ -37,6 +37,7 @@ __all__ = [
     "load_cifar",
     "cifar_root",
     "train_test_split",
+    "DataFormatError",
 ]
 
 
@@ -176,23 +177,136 @@ def cifar_root() -> Path:
     return Path(os.environ.get("NORMLIB_DATA", Path.home() / ".cache" / "normlib" / "data"))
 
 
-def _read_members(source, names: list[str]) -> list[dict]:
+class DataFormatError(ValueError):
+    """A data file on disk is malformed, truncated or not what its name says it is.
+
+    The message names the file and what was wrong with it.
+    """
+
+
+# What the official CIFAR "python version" batch files hold: a dict of str/bytes keys whose
+# values are bytes, lists of ints or bytes, and a uint8 numpy array. Unpickling an array needs
+# exactly these callables (numpy 1 writes ``numpy.core``, numpy 2 ``numpy._core``; protocol 5
+# uses ``_frombuffer``; Python 3 pickles of bytes at protocol < 3 use ``_codecs.encode``).
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    import codecs
+
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): codecs.encode}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = _multiarray._reconstruct
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = _numeric._frombuffer
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that constructs only plain containers and uint8-capable numpy arrays.
+
+    Any other global (a class or function named by the file) is refused *before* it is
+    looked up, so a crafted file cannot run code when it is read.
+    """
+
+    _allowed: dict[tuple[str, str], object] | None = None
+
+    def find_class(self, module: str, name: str):
+        if _RestrictedUnpickler._allowed is None:
+            _RestrictedUnpickler._allowed = _allowed_globals()
+        try:
+            return _RestrictedUnpickler._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refused to construct {module}.{name}: a CIFAR batch holds only a dict of "
+                "bytes, lists of ints and a uint8 array") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refused a persistent reference: a CIFAR batch has none")
+
+
+def _unpickle(fh, where: str) -> dict:
+    """Read one CIFAR batch with the restricted unpickler; errors name ``where``."""
+    try:
+        obj = _RestrictedUnpickler(fh, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise DataFormatError(f"{where}: not a CIFAR batch file ({err})") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError,
+            MemoryError, UnicodeDecodeError, OSError) as err:
+        # Truncated or corrupt: a raw EOFError/KeyError would not say which file.
+        raise DataFormatError(
+            f"{where}: truncated or corrupt CIFAR batch file ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{where}: expected a dict, the file holds a {type(obj).__name__}")
+    return {k.encode() if isinstance(k, str) else k: v for k, v in obj.items()}
+
+
+def _read_members(source, names: list[str], where: str) -> list[tuple[str, dict]]:
+    """The unpickled batches ``names`` from a folder or an open tar archive, each with its path."""
     out = []
     if isinstance(source, tarfile.TarFile):
-        members = {Path(m.name).name: m for m in source.getmembers() if m.isfile()}
+        try:
+            members = {Path(m.name).name: m for m in source.getmembers() if m.isfile()}
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise DataFormatError(f"{where}: truncated or corrupt archive ({err})") from None
         for name in names:
-            fh = source.extractfile(members[name])
-            out.append(pickle.load(fh, encoding="bytes"))
+            if name not in members:
+                raise DataFormatError(f"{where}: the archive has no batch file {name!r} "
+                                      f"(expected {', '.join(names)})")
+            label = f"{where}:{members[name].name}"
+            try:
+                fh = source.extractfile(members[name])
+                out.append((label, _unpickle(fh, label)))
+            except (tarfile.TarError, EOFError, OSError) as err:
+                raise DataFormatError(f"{label}: truncated or corrupt archive member ({err})") from None
     else:
         for name in names:
-            with open(Path(source) / name, "rb") as fh:
-                out.append(pickle.load(fh, encoding="bytes"))
+            path = Path(source) / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: CIFAR batch file missing (expected {', '.join(names)} "
+                                        f"in {source})")
+            with open(path, "rb") as fh:
+                out.append((str(path), _unpickle(fh, str(path))))
     return out
 
 
-def _stack(batches: list[dict], label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
-    x = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
-    y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+def _validate(where: str, batch: dict, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's uint8 ``(N, 3072)`` pixels and int64 labels, or a :class:`DataFormatError`."""
+    for key in (b"data", label_key):
+        if key not in batch:
+            raise DataFormatError(f"{where}: missing the key {key.decode()!r} "
+                                  f"(keys present: {sorted(k.decode(errors='replace') for k in batch)})")
+    x = batch[b"data"]
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
+        kind = f"{x.dtype} array" if isinstance(x, np.ndarray) else type(x).__name__
+        raise DataFormatError(f"{where}: 'data' must be a uint8 array, got a {kind} "
+                              "(pixels are not converted: 0.5 or 300 would be silently changed)")
+    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        raise DataFormatError(f"{where}: 'data' must have shape (N, 3072), got {tuple(x.shape)}")
+    raw = batch[label_key]
+    if isinstance(raw, np.ndarray):
+        if raw.ndim != 1 or raw.dtype.kind not in "iu":
+            raise DataFormatError(f"{where}: {label_key.decode()!r} must be a 1-D integer array, "
+                                  f"got {raw.dtype} of shape {tuple(raw.shape)}")
+        y = raw.astype(np.int64)
+    elif isinstance(raw, list) and all(type(v) is int for v in raw):
+        y = np.asarray(raw, dtype=np.int64) if raw else np.zeros(0, np.int64)
+    else:
+        raise DataFormatError(f"{where}: {label_key.decode()!r} must be a list of ints")
+    if len(y) != len(x):
+        raise DataFormatError(f"{where}: {len(x)} images but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataFormatError(f"{where}: labels must lie in [0, {num_classes}), "
+                              f"found {int(y.min())}..{int(y.max())}")
+    return x, y
+
+
+def _stack(batches: list[tuple[str, dict]], label_key: bytes, num_classes: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [_validate(where, b, label_key, num_classes) for where, b in batches]
+    x = np.concatenate([p[0] for p in pairs])
+    y = np.concatenate([p[1] for p in pairs])
     x = torch.from_numpy(x.reshape(-1, 3, 32, 32)).float().div_(255.0)
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
@@ -207,23 +321,34 @@ def load_cifar(num_classes: int = 10, root: str | os.PathLike | None = None) -> 
     returned as ``(N, 3, 32, 32)`` float32, standardized per channel with the usual CIFAR
     mean and standard deviation.
 
+    The batch files are read with a restricted unpickler that constructs only what the
+    official files hold (a dict, bytes, lists of ints and a uint8 array): a crafted file cannot
+    run code when it is read, and every file is validated (uint8 ``(N, 3072)`` pixels, ``N``
+    integer labels in ``[0, num_classes)``).
+
     Raises:
-        ValueError: if ``num_classes`` is not 10 or 100.
+        ValueError: if ``num_classes`` is not the int 10 or 100.
+        DataFormatError: (a ``ValueError``) if a file is malformed, truncated, corrupt or holds
+            anything else; the message names the file and what was wrong.
         FileNotFoundError: if neither the folder nor the archive is there; the message names
             the expected path and where to obtain the archive.
     """
-    if num_classes not in _CIFAR:
-        raise ValueError(f"num_classes must be 10 or 100, got {num_classes!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes not in _CIFAR:
+        raise ValueError(f"num_classes must be the int 10 or 100, got {num_classes!r}")
     spec = _CIFAR[num_classes]
     root = Path(root) if root is not None else cifar_root()
     folder, archive = root / spec["folder"], root / spec["archive"]
     if folder.is_dir():
-        train = _read_members(folder, spec["train"])
-        test = _read_members(folder, spec["test"])
+        train = _read_members(folder, spec["train"], str(folder))
+        test = _read_members(folder, spec["test"], str(folder))
     elif archive.is_file():
-        with tarfile.open(archive, "r:gz") as tar:
-            train = _read_members(tar, spec["train"])
-            test = _read_members(tar, spec["test"])
+        try:
+            tar = tarfile.open(archive, "r:gz")
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise DataFormatError(f"{archive}: not a readable .tar.gz archive ({err})") from None
+        with tar:
+            train = _read_members(tar, spec["train"], str(archive))
+            test = _read_members(tar, spec["test"], str(archive))
     else:
         raise FileNotFoundError(
             f"CIFAR-{num_classes} not found: expected the folder {folder} or the archive "
@@ -231,6 +356,6 @@ def load_cifar(num_classes: int = 10, root: str | os.PathLike | None = None) -> 
             "from the CIFAR page of the University of Toronto) into that folder, or set "
             "NORMLIB_DATA to the folder that holds it."
         )
-    x_train, y_train = _stack(train, spec["label"])
-    x_test, y_test = _stack(test, spec["label"])
+    x_train, y_train = _stack(train, spec["label"], num_classes)
+    x_test, y_test = _stack(test, spec["label"], num_classes)
     return Split(x_train, y_train, x_test, y_test, num_classes, f"cifar{num_classes}")
