@@ -112,7 +112,10 @@ def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
             if p is None:
                 continue
             g = p.grad
-            grads.append((p, g, None if g is None else _version(g), None if g is None else g.detach().clone()))
+            if g is None:
+                grads.append((p, None, None, None))
+            else:
+                grads.append((p, g, _version(g), g.detach().clone()))
     try:
         yield model
     finally:
