@@ -11,7 +11,10 @@
   ``_config.yml``. These are links only: the page loads nothing from them.
 * Colab opens ``.ipynb`` files only, so the Colab link names the executed
   notebook as published with the site (``_sources/<page>.ipynb`` on the branch
-  ``book_publish_branch``) instead of the MyST source.
+  ``book_publish_branch``) instead of the MyST source. Binder builds the
+  repository's ``environment.yml``, whose ``postBuild`` installs normlib and
+  writes the chapters as ``notebooks/<name>.ipynb`` (as ``make lab`` does); the
+  Binder link opens that notebook in JupyterLab.
 * Widget state saved by the kernel (``application/vnd.jupyter.widget-state+json``)
   and the widget views that refer to it are removed from every page: the
   book loads no widget JavaScript, so they would only weigh the page down.
@@ -115,17 +118,20 @@ def _binder_url(app, pagename: str) -> str | None:
     if repo is None or not base:
         return None
     branch = opts.get("repository_branch") or "main"
-    source = app.env.doc2path(pagename, False)
-    return f"{base.rstrip('/')}/v2/gh/{repo[0]}/{repo[1]}/{branch}?urlpath=lab/tree/{source}"
+    # the repository's postBuild writes every chapter as notebooks/<name>.ipynb, as `make lab` does
+    notebook = "notebooks/" + pagename.rsplit("/", 1)[-1] + ".ipynb"
+    return f"{base.rstrip('/')}/v2/gh/{repo[0]}/{repo[1]}/{branch}?urlpath=lab/tree/{notebook}"
 
 
-def _fix_header_buttons(buttons, colab: str | None) -> None:
+def _fix_header_buttons(buttons, urls: dict[str, str | None]) -> None:
+    """Point the theme's launch buttons at the same notebooks as the page's own links."""
     for button in buttons or []:
         if isinstance(button, dict):
             if button.get("buttons"):
-                _fix_header_buttons(button["buttons"], colab)
-            if colab and "colab" in str(button.get("url", "")) and button.get("type") == "link":
-                button["url"] = colab
+                _fix_header_buttons(button["buttons"], urls)
+            for host, url in urls.items():
+                if url and host in str(button.get("url", "")) and button.get("type") == "link":
+                    button["url"] = url
 
 
 def _run_banner(app, pagename: str, context: dict) -> str:
@@ -158,7 +164,9 @@ def _page_context(app, pagename, templatename, context, doctree):
         path = Path(app.outdir) / "_sources" / context["ipynb_source"]
         if path.exists():
             _prepare_notebook(app, path)
-            _fix_header_buttons(context.get("header_buttons"), _colab_url(app, pagename))
+            _fix_header_buttons(context.get("header_buttons"), {
+                "colab.research.google.com": _colab_url(app, pagename),
+                "mybinder.org": _binder_url(app, pagename)})
             banner = _run_banner(app, pagename, context)
             body = context.get("body", "")
             # after the chapter's title
