@@ -52,6 +52,17 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from normlib import functional as NF
+from normlib._checks import (
+    check_eps,
+    check_float,
+    check_int,
+    check_mode,
+    check_module,
+    check_momentum,
+    check_nonnegative_float,
+    check_positive_float,
+    check_positive_int,
+)
 from normlib.hessian import preserved_model_state
 from normlib.registry import create_norm, weight_transform
 from normlib.whitening import whiten
@@ -86,32 +97,6 @@ _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 # ------------------------------------------------------------------------ argument checks
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_positive_float(name: str, value, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return float(value)
-
-
-def _check_mode(mode) -> None:
-    if mode not in _MODES:
-        raise ValueError(
-            f"mode must be 'train' (batch statistics) or 'eval' (running statistics), got {mode!r}"
-        )
-
-
-def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
 
 def _proportionality(new: Tensor, old: Tensor) -> tuple[float, float]:
@@ -181,7 +166,7 @@ def rescalable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         >>> [name for name, _ in rescalable_layers(MLP(4, 2, width=8, depth=2, norm="bn"))]
         ['layers.0.0', 'layers.1.0', 'head']
     """
-    _check_model(model)
+    check_module("model", model)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYER_TYPES)]
 
 
@@ -348,8 +333,8 @@ def scale_dynamics(
         >>> [round(v, 4) for v in m.weight_grad.tolist()]
         [0.5, 0.25, 1.0]
     """
-    _check_model(model)
-    _check_mode(mode)
+    check_module("model", model)
+    check_mode(mode)
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     all_layers = dict(rescalable_layers(model))
@@ -519,8 +504,8 @@ def invariance_error(
     _check_names([transform], list(TRANSFORMS), "transform")
     for name, value in (("in_features", in_features), ("out_features", out_features),
                         ("spatial_size", spatial_size), ("batch_size", batch_size)):
-        _check_positive_int(name, value, 2 if name == "batch_size" else 1)
-    _check_positive_float("eps", eps)
+        check_positive_int(name, value, minimum=2 if name == "batch_size" else 1)
+    check_eps(eps)
     gen = torch.Generator().manual_seed(seed)
     torch_state = torch.random.get_rng_state()
     try:
@@ -613,7 +598,7 @@ def invariance_table(
     if transforms is None:
         transforms = list(TRANSFORMS)
     transforms = _check_names(transforms, list(TRANSFORMS), "transform")
-    _check_positive_float("tol", tol)
+    check_positive_float("tol", tol)
     per_norm = {"gn": {"num_groups": 2}} if norm_kwargs is None else dict(norm_kwargs)
     errors = torch.tensor(
         [[invariance_error(n, t, norm_kwargs=per_norm.get(n), **kwargs) for t in transforms]
@@ -666,12 +651,12 @@ def scale_invariant_parameters(
     next layer's normalizer removes its scale. The answer is about the parameters as they
     are now.
     """
-    _check_model(model)
-    _check_mode(mode)
-    _check_positive_float("factor", factor)
+    check_module("model", model)
+    check_mode(mode)
+    check_positive_float("factor", factor)
     if factor == 1.0:
         raise ValueError("factor must differ from 1 to test invariance; use e.g. 3.0")
-    _check_positive_float("tol", tol)
+    check_positive_float("tol", tol)
     names = []
     with preserved_model_state(model), torch.no_grad():
         model.train(mode == "train")
@@ -736,9 +721,9 @@ def equilibrium_angular_update(lr: float, weight_decay: float, momentum: float =
         >>> round(equilibrium_angular_update(0.1, 5e-4), 6)
         0.01
     """
-    lr = _check_positive_float("lr", lr)
-    weight_decay = _check_positive_float("weight_decay", weight_decay)
-    _check_momentum(momentum)
+    lr = check_positive_float("lr", lr)
+    weight_decay = check_positive_float("weight_decay", weight_decay)
+    check_momentum(momentum, allow_none=False, high_open=True)
     return math.sqrt(2.0 * lr * weight_decay / (1.0 + momentum))
 
 
@@ -759,18 +744,12 @@ def equilibrium_norm(lr: float, weight_decay: float, unit_grad_norm: float) -> f
         >>> round(equilibrium_norm(0.1, 5e-4, 1.0), 4)
         3.1623
     """
-    lr = _check_positive_float("lr", lr)
-    weight_decay = _check_positive_float("weight_decay", weight_decay)
-    g = _check_positive_float("unit_grad_norm", unit_grad_norm, allow_zero=True)
+    lr = check_positive_float("lr", lr)
+    weight_decay = check_positive_float("weight_decay", weight_decay)
+    g = check_nonnegative_float("unit_grad_norm", unit_grad_norm)
     if lr * weight_decay >= 1.0:
         raise ValueError(f"lr * weight_decay must be < 1, got {lr * weight_decay!r}")
     return (lr**2 * g**2 / (1.0 - (1.0 - lr * weight_decay) ** 2)) ** 0.25
-
-
-def _check_momentum(momentum) -> float:
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be a float in [0, 1), got {momentum!r}")
-    return float(momentum)
 
 
 def _angle(a: Tensor, b: Tensor) -> float:
@@ -836,18 +815,18 @@ def sgd_norm_dynamics(
         >>> bool((d.norms[1:] > d.norms[:-1]).all())  # no weight decay: the norm only grows
         True
     """
-    _check_model(model)
-    lr = _check_positive_float("lr", lr)
-    _check_positive_int("steps", steps)
-    weight_decay = _check_positive_float("weight_decay", weight_decay, allow_zero=True)
-    momentum = _check_momentum(momentum)
+    check_module("model", model)
+    lr = check_positive_float("lr", lr)
+    check_positive_int("steps", steps)
+    weight_decay = check_nonnegative_float("weight_decay", weight_decay)
+    momentum = check_momentum(momentum, allow_none=False, high_open=True)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     x, y = data
     n = x.shape[0]
     if batch_size is None:
         batch_size = n
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} is larger than the data ({n} samples); use at most {n}")
     net = copy.deepcopy(model).train()
@@ -918,7 +897,7 @@ def _check_data(data) -> Tensor:
 
 
 def _check_batch_size(batch_size, num_samples: int, dim: int, method: str) -> None:
-    _check_positive_int("batch_size", batch_size, 2)
+    check_positive_int("batch_size", batch_size, minimum=2)
     if batch_size > num_samples:
         raise ValueError(
             f"batch_size={batch_size} is larger than the data ({num_samples} samples); "
@@ -973,9 +952,8 @@ def normalize_in_batches(
     data = _check_data(data)
     m, d = data.shape
     _check_batch_size(batch_size, m, d, method)
-    _check_positive_int("num_batches", num_batches)
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < m:
-        raise ValueError(f"index must be an int in [0, {m}), got {index!r}")
+    check_positive_int("num_batches", num_batches)
+    check_int("index", index, minimum=0, maximum=m - 1)
     return _outputs_in_batches(data, torch.tensor([index]), batch_size, method, num_batches, eps,
                                iterations, generator)[0]
 
@@ -1098,8 +1076,8 @@ def stochastic_normalization_disturbance(
     data = _check_data(data)
     m, d = data.shape
     _check_batch_size(batch_size, m, d, method)
-    _check_positive_int("num_samples", num_samples)
-    _check_positive_int("num_batches", num_batches, 2)
+    check_positive_int("num_samples", num_samples)
+    check_positive_int("num_batches", num_batches, minimum=2)
     if num_samples > m:
         raise ValueError(f"num_samples={num_samples} is larger than the data ({m} samples)")
     gen = torch.Generator().manual_seed(seed)
@@ -1264,15 +1242,13 @@ def train_inference_discrepancy(
     data = _check_data(data)
     m, d = data.shape
     _check_batch_size(batch_size, m, d, method)
-    _check_positive_int("num_updates", num_updates)
-    _check_positive_int("num_samples", num_samples)
-    _check_positive_int("num_batches", num_batches)
+    check_positive_int("num_updates", num_updates)
+    check_positive_int("num_samples", num_samples)
+    check_positive_int("num_batches", num_batches)
     if num_samples > m:
         raise ValueError(f"num_samples={num_samples} is larger than the data ({m} samples)")
     if momentum is not None:
-        _check_positive_float("momentum", momentum)
-        if momentum > 1:
-            raise ValueError(f"momentum must be in (0, 1] or None, got {momentum!r}")
+        check_float("momentum", momentum, low=0.0, high=1.0, low_open=True, example=0.1)
     kwargs = {"affine": False, "momentum": momentum, "eps": eps}
     if method != "bn":
         kwargs.update(group_size=d, iterations=iterations)

@@ -36,6 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normlib._checks import (
+    check_choice,
+    check_eps,
+    check_momentum,
+    check_per_channel,
+    check_positive_float,
+    check_positive_int,
+)
 from normlib.framework import (
     BATCH,
     BATCH_GROUP,
@@ -119,38 +127,8 @@ def check_input(x, *, num_features: int | None = None, name: str = "x", min_dim:
         )
 
 
-def _check_per_channel(t, name: str, num_channels: int) -> None:
-    if t is None:
-        return
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-    if t.shape != (num_channels,):
-        raise ValueError(
-            f"{name} must have shape ({num_channels},) (one entry per channel), "
-            f"got {tuple(t.shape)}"
-        )
-
-
-def _check_eps(eps) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive float, got {eps!r}; use e.g. 1e-5")
-
-
-def _check_momentum(momentum) -> None:
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a float in [0, 1], got {momentum!r}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-
-
-def _check_backend(backend) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
 def _check_groups(num_groups, num_channels: int, name: str = "num_groups") -> None:
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
-        raise ValueError(f"{name} must be a positive int, got {num_groups!r}")
+    check_positive_int(name, num_groups)
     if num_channels % num_groups:
         raise ValueError(
             f"{num_channels} channels are not divisible by {name}={num_groups}; choose a divisor "
@@ -191,17 +169,6 @@ def _check_instance_count(x: Tensor, what: str) -> None:
         )
 
 
-def _check_positive_number(value, name: str) -> None:
-    """A positive finite real (``sigma`` and the like); not a bool."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{name} must be a positive float, got {value!r} of type {type(value).__name__}; "
-            f"pass a number, e.g. {name}=1.0"
-        )
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite float, got {value!r}; use e.g. 1.0")
-
-
 def _check_window(value, name: str) -> None:
     """A window size: a positive int, or a non-empty sequence of positive ints (one per axis).
 
@@ -214,15 +181,6 @@ def _check_window(value, name: str) -> None:
             f"{name} must be a positive int or a sequence of positive ints (one per spatial "
             f"axis), got {value!r}; use e.g. {name}=3"
         )
-
-
-def _check_running(running: Tensor | None, name: str, size: int) -> None:
-    if running is None:
-        return
-    if not isinstance(running, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(running).__name__}")
-    if running.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {tuple(running.shape)}")
 
 
 def default_num_groups(num_channels: int, num_groups: int = 32) -> int:
@@ -305,12 +263,12 @@ def batch_norm(
     check_input(x)
     c = x.shape[1]
     for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_mean, "running_mean", c)
-    _check_running(running_var, "running_var", c)
-    _check_eps(eps)
-    _check_momentum(momentum)
-    _check_backend(backend)
+        check_per_channel(n, t, c)
+    check_per_channel("running_mean", running_mean, c, meaning=None)
+    check_per_channel("running_var", running_var, c, meaning=None)
+    check_eps(eps)
+    check_momentum(momentum, allow_none=False)
+    check_choice("backend", backend, BACKENDS)
     use_batch = training or running_mean is None or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // c, x, "batch_norm", training)
@@ -366,11 +324,11 @@ def batch_group_norm(
     c = x.shape[1]
     _check_groups(num_groups, c)
     for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_mean, "running_mean", num_groups)
-    _check_running(running_var, "running_var", num_groups)
-    _check_eps(eps)
-    _check_momentum(momentum)
+        check_per_channel(n, t, c)
+    check_per_channel("running_mean", running_mean, num_groups, meaning=None)
+    check_per_channel("running_var", running_var, num_groups, meaning=None)
+    check_eps(eps)
+    check_momentum(momentum, allow_none=False)
     use_batch = training or running_mean is None or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // num_groups, x, "batch_group_norm", training)
@@ -416,10 +374,10 @@ def variance_norm(
     check_input(x)
     c = x.shape[1]
     for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_var, "running_var", c)
-    _check_eps(eps)
-    _check_momentum(momentum)
+        check_per_channel(n, t, c)
+    check_per_channel("running_var", running_var, c, meaning=None)
+    check_eps(eps)
+    check_momentum(momentum, allow_none=False)
     use_batch = training or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // c, x, "variance_norm", training)
@@ -477,12 +435,12 @@ def population_norm(
     c = x.shape[1]
     if running_mean is None:
         raise ValueError("running_mean is required: population normalization has no batch mode")
-    _check_running(running_mean, "running_mean", c)
-    _check_running(running_var, "running_var", c)
+    check_per_channel("running_mean", running_mean, c, meaning=None)
+    check_per_channel("running_var", running_var, c, meaning=None)
     for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_eps(eps)
-    _check_momentum(momentum)
+        check_per_channel(n, t, c)
+    check_eps(eps)
+    check_momentum(momentum, allow_none=False)
     if training and running_var is not None:
         # One value per channel has no variance: the estimate would be driven toward 0.
         _check_batch_count(x.numel() // c, x, "population_norm")
@@ -547,13 +505,13 @@ def layer_norm(
         >>> y.flatten(1).mean(1).abs().max().item() < 1e-5
         True
     """
-    _check_eps(eps)
-    _check_backend(backend)
+    check_eps(eps)
+    check_choice("backend", backend, BACKENDS)
     if normalized_shape is None:
         check_input(x)
         c = x.shape[1]
         for t, n in ((weight, "weight"), (bias, "bias")):
-            _check_per_channel(t, n, c)
+            check_per_channel(n, t, c)
         if backend == "auto" and (xc := _torch_ready(x, weight, bias)) is not None:
             return F.group_norm(xc, 1, weight, bias, eps).to(x.dtype)
         return normalize(x, LAYER, Standardize(eps), _affine(weight, bias))
@@ -600,12 +558,12 @@ def rms_norm(
         >>> bool(torch.allclose(y.pow(2).mean(1), torch.ones(2), atol=1e-4))
         True
     """
-    _check_eps(eps)
-    _check_backend(backend)
+    check_eps(eps)
+    check_choice("backend", backend, BACKENDS)
     op = Standardize(eps, center=False)
     if normalized_shape is None:
         check_input(x)
-        _check_per_channel(weight, "weight", x.shape[1])
+        check_per_channel("weight", weight, x.shape[1])
         if backend == "auto" and (xc := _torch_ready(x, weight)) is not None:
             out = F.rms_norm(xc, xc.shape[1:], None, eps)
             if weight is not None:
@@ -669,12 +627,12 @@ def instance_norm(
     check_input(x)
     c = x.shape[1]
     for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_mean, "running_mean", c)
-    _check_running(running_var, "running_var", c)
-    _check_eps(eps)
-    _check_momentum(momentum)
-    _check_backend(backend)
+        check_per_channel(n, t, c)
+    check_per_channel("running_mean", running_mean, c, meaning=None)
+    check_per_channel("running_var", running_var, c, meaning=None)
+    check_eps(eps)
+    check_momentum(momentum, allow_none=False)
+    check_choice("backend", backend, BACKENDS)
     has_running = running_mean is not None and running_var is not None
     use_batch = use_input_stats or not has_running
     if use_input_stats and (running_mean is not None or running_var is not None):
@@ -728,9 +686,9 @@ def group_norm(
     c = x.shape[1]
     _check_groups(num_groups, c)
     for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_eps(eps)
-    _check_backend(backend)
+        check_per_channel(n, t, c)
+    check_eps(eps)
+    check_choice("backend", backend, BACKENDS)
     if (backend == "auto" and _torch_group_norm_accepts(x, num_groups)
             and (xc := _torch_ready(x, weight, bias)) is not None):
         return F.group_norm(xc, num_groups, weight, bias, eps).to(x.dtype)
@@ -771,8 +729,8 @@ def positional_norm(
     """
     check_input(x)
     for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, x.shape[1])
-    _check_eps(eps)
+        check_per_channel(n, t, x.shape[1])
+    check_eps(eps)
     return normalize(x, POSITIONAL, Standardize(eps), _affine(weight, bias))
 
 
@@ -817,8 +775,8 @@ def region_norm(
     """
     check_input(x, min_dim=3)
     for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, x.shape[1])
-    _check_eps(eps)
+        check_per_channel(n, t, x.shape[1])
+    check_eps(eps)
     if not isinstance(regions, Tensor):
         raise TypeError(f"regions must be a torch.Tensor, got {type(regions).__name__}")
     spatial = tuple(x.shape[2:])
@@ -843,7 +801,7 @@ def tlu(x: Tensor, tau: Tensor) -> Tensor:
         [[0.0, 3.0]]
     """
     check_input(x)
-    _check_per_channel(tau, "tau", x.shape[1])
+    check_per_channel("tau", tau, x.shape[1])
     return torch.maximum(x, tau.to(x.dtype).reshape((1, -1) + (1,) * (x.dim() - 2)))
 
 
@@ -879,7 +837,7 @@ def filter_response_norm(
     """
     check_input(x)
     for t, n in ((weight, "weight"), (bias, "bias"), (tau, "tau")):
-        _check_per_channel(t, n, x.shape[1])
+        check_per_channel(n, t, x.shape[1])
     if isinstance(eps, Tensor):
         # A learned eps stays in the graph: divide by sqrt(nu2 + |eps|) explicitly.
         xv = INSTANCE.view(x).to(compute_dtype(x.dtype))
@@ -888,7 +846,7 @@ def filter_response_norm(
         affine = _affine(weight, bias)
         out = (affine(out, INSTANCE) if affine else out).reshape(x.shape).to(x.dtype)
     else:
-        _check_eps(eps)
+        check_eps(eps)
         out = normalize(x, INSTANCE, Standardize(eps, center=False), _affine(weight, bias))
     return out if tau is None else tlu(out, tau)
 
@@ -931,10 +889,10 @@ def evonorm_b0(
     check_input(x)
     c = x.shape[1]
     for t, n in ((v, "v"), (weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_var, "running_var", c)
-    _check_eps(eps)
-    _check_momentum(momentum)
+        check_per_channel(n, t, c)
+    check_per_channel("running_var", running_var, c, meaning=None)
+    check_eps(eps)
+    check_momentum(momentum, allow_none=False)
     use_batch = training or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // c, x, "evonorm_b0", training)
@@ -990,8 +948,8 @@ def evonorm_s0(
     c = x.shape[1]
     _check_groups(num_groups, c)
     for t, n in ((v, "v"), (weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_eps(eps)
+        check_per_channel(n, t, c)
+    check_eps(eps)
     partition = GROUP(num_groups)
     xv = partition.view(x).to(compute_dtype(x.dtype))
     group_var = Standardize(eps).statistics(xv, partition)["var"]
@@ -1084,8 +1042,7 @@ def local_response_norm(
         torch.Size([2, 6, 4, 4])
     """
     check_input(x)
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    check_positive_int("size", size)
     xc = x.to(compute_dtype(x.dtype))
     sq_sum = _window_sum(xc * xc, 1, _box(size, x.device))
     return (xc / (k + alpha / size * sq_sum) ** beta).to(x.dtype)
@@ -1115,8 +1072,8 @@ def local_contrast_norm(
         torch.Size([2, 3, 16, 16])
     """
     check_input(x)
-    _check_eps(eps)
-    _check_positive_number(sigma, "sigma")
+    check_eps(eps)
+    check_positive_float("sigma", sigma)
     axes = list(range(2, x.dim()))
     sizes = _as_tuple(kernel_size, len(axes), "kernel_size")
     xc = x.to(compute_dtype(x.dtype))
@@ -1164,10 +1121,8 @@ def divisive_norm(
     check_input(x)
     axes = list(range(2, x.dim()))
     sizes = _as_tuple(spatial_size, len(axes), "spatial_size")
-    if channel_size is not None and (isinstance(channel_size, bool)
-                                     or not isinstance(channel_size, int) or channel_size <= 0):
-        raise ValueError(f"channel_size must be a positive int or None, got {channel_size!r}")
-    _check_positive_number(sigma, "sigma")
+    check_positive_int("channel_size", channel_size, allow_none=True)
+    check_positive_float("sigma", sigma)
     xc = x.to(compute_dtype(x.dtype))
     kernels = [_box(s, x.device) for s in sizes]
 
@@ -1215,8 +1170,8 @@ def local_context_norm(
     c = x.shape[1]
     _check_groups(num_groups, c)
     for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_eps(eps)
+        check_per_channel(n, t, c)
+    check_eps(eps)
     spatial = tuple(x.shape[2:])
     sizes = _as_tuple(window_size, len(spatial), "window_size")
     xc = x.to(compute_dtype(x.dtype))

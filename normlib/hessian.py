@@ -75,6 +75,8 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from normlib._checks import check_float, check_nonnegative_int, check_positive_float, check_positive_int
+
 __all__ = [
     "HessianOperator",
     "preserved_model_state",
@@ -452,11 +454,6 @@ def _as_operator(source, name: str = "operator"):
     )
 
 
-def _check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def _random_vectors(
     shape: tuple[int, ...], kind: str, generator: torch.Generator, dtype, device
 ) -> torch.Tensor:
@@ -505,7 +502,7 @@ def hessian_matrix(
     """
     operator = _as_operator(operator)
     p = operator.shape[0]
-    _check_positive_int("max_params", max_params)
+    check_positive_int("max_params", max_params)
     if p > max_params:
         raise ValueError(
             f"the model has {p} trainable parameters > max_params={max_params}; the exact Hessian "
@@ -674,7 +671,7 @@ def lanczos(
         10.0
     """
     operator = _as_operator(operator)
-    _check_positive_int("num_iters", num_iters)
+    check_positive_int("num_iters", num_iters)
     n = operator.shape[0]
     generator = torch.Generator().manual_seed(seed)
     if start is None:
@@ -839,8 +836,7 @@ def top_eigenpairs(
     """
     op = _as_operator(operator)
     n = op.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    check_positive_int("k", k)
     if k > n:
         raise ValueError(
             f"k={k} is larger than the number of parameters {n}; ask for at most {n} eigenpairs"
@@ -856,10 +852,9 @@ def top_eigenpairs(
             f"power iteration finds the eigenvalues of largest magnitude; which={which!r} needs "
             f"method='lanczos'"
         )
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be a positive float, got {tol!r}")
+    check_positive_float("tol", tol, example=1e-6)
     if max_iters is not None:
-        _check_positive_int("max_iters", max_iters)
+        check_positive_int("max_iters", max_iters)
         if method == "lanczos" and max_iters < (2 if which == "both_ends" else k):
             raise ValueError(f"max_iters={max_iters} must be at least k={k} for Lanczos")
     generator = torch.Generator().manual_seed(seed)
@@ -953,7 +948,7 @@ def hessian_trace(
     if method not in ("hutchinson", "hutch++"):
         raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
     minimum = 4 if method == "hutch++" else 2
-    _check_positive_int("num_probes", num_probes, minimum)
+    check_positive_int("num_probes", num_probes, minimum=minimum)
     if distribution not in ("rademacher", "gaussian"):
         raise ValueError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
     n = op.shape[0]
@@ -1069,8 +1064,8 @@ def spectral_density(
         6.0
     """
     op = _as_operator(operator)
-    _check_positive_int("num_iters", num_iters)
-    _check_positive_int("num_runs", num_runs)
+    check_positive_int("num_iters", num_iters)
+    check_positive_int("num_runs", num_runs)
     nodes, weights = [], []
     for r in _progress(range(num_runs), num_runs, progress, "SLQ runs"):
         res = lanczos(op, num_iters, seed=seed + r, keep_basis=False, progress=False)
@@ -1118,8 +1113,7 @@ def condition_number(
         >>> condition_number(torch.tensor([4.0, 1.0, 1e-9]), rtol=1e-6)
         4.0
     """
-    if not (isinstance(rtol, (int, float)) and 0 <= rtol < 1):
-        raise ValueError(f"rtol must be in [0, 1), got {rtol!r}")
+    check_float("rtol", rtol, low=0.0, high=1.0, high_open=True, example=1e-6)
     if isinstance(source, torch.Tensor) and source.dim() == 1:
         values = source.detach().cpu().to(torch.float64)
         if values.numel() == 0:
@@ -1380,12 +1374,10 @@ def run_sgd(
         >>> run.diverged, round(float(run.losses[-1]), 8)
         (False, 0.0)
     """
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive float, got {lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    check_positive_float("lr", lr, example=0.1)
+    check_nonnegative_int("steps", steps)
     if batch_size is not None:
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
     if not _is_batch(data):
         raise TypeError(f"data must be one batch (x, y) of tensors, got {type(data).__name__}")
     trained = copy.deepcopy(model).train()
