@@ -56,8 +56,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from normlib.__main__ import command
 from normlib._checks import argument_error, check_positive_float, is_real
+from normlib.cli import command
 from normlib.propagation import probe
 
 __all__ = [
