@@ -405,13 +405,15 @@ def test_snd_with_same_seed_is_reproducible():
 def test_snd_with_same_seed_normalizes_the_same_batches_for_every_method(monkeypatch):
     data = _correlated(m=300)
     seen = {}
-    normalize = A._normalize_batches
+    from normlib.analysis import stochasticity
+
+    normalize = stochasticity._normalize_batches
 
     def recording(batches, method, eps, iterations):
         seen.setdefault(method, []).append(batches.clone())
         return normalize(batches, method, eps, iterations)
 
-    monkeypatch.setattr(A, "_normalize_batches", recording)
+    monkeypatch.setattr(stochasticity, "_normalize_batches", recording)
     for method in ["bn", "zca", "pca", "cd", "iternorm"]:
         A.stochastic_normalization_disturbance(data, 16, method=method, num_batches=10, seed=4)
     A.stochastic_normalization_disturbance(data, 16, method="bn", num_batches=10, seed=5)
