@@ -127,6 +127,49 @@ def check_input(x, *, num_features: int | None = None, name: str = "x", min_dim:
         )
 
 
+_SKIP = object()
+
+
+def _check_arguments(
+    x,
+    *,
+    min_dim: int = 2,
+    num_groups=None,
+    per_channel: dict[str, Tensor | None] | None = None,
+    running: dict[str, Tensor | None] | None = None,
+    running_size: int | tuple[int, ...] | None = None,
+    running_meaning: str | None = None,
+    eps=_SKIP,
+    momentum=_SKIP,
+    backend=_SKIP,
+) -> int:
+    """The checks every functional normalizer starts with; returns the channel count ``C``.
+
+    ``x`` must be a floating ``(N, C, *)`` tensor; ``num_groups`` (if given) must divide ``C``;
+    each ``per_channel`` tensor (weight, bias, ...) is ``None`` or ``(C,)``; each ``running``
+    buffer is ``None`` or of shape ``running_size`` (an int ``n`` means ``(n,)``; default ``(C,)``),
+    described by ``running_meaning`` in the message; ``eps`` is a finite positive float,
+    ``momentum`` a float in ``[0, 1]``, ``backend`` one of :data:`BACKENDS` (each checked when
+    passed). Whitening and multi-mode normalizers use it too, so that one argument gets one
+    message everywhere.
+    """
+    check_input(x, min_dim=min_dim)
+    c = x.shape[1]
+    if num_groups is not None:
+        _check_groups(num_groups, c)
+    for name, t in (per_channel or {}).items():
+        check_per_channel(name, t, c)
+    for name, t in (running or {}).items():
+        check_per_channel(name, t, c if running_size is None else running_size, meaning=running_meaning)
+    if eps is not _SKIP:
+        check_eps(eps)
+    if momentum is not _SKIP:
+        check_momentum(momentum, allow_none=False)
+    if backend is not _SKIP:
+        check_choice("backend", backend, BACKENDS)
+    return c
+
+
 def _check_groups(num_groups, num_channels: int, name: str = "num_groups") -> None:
     check_positive_int(name, num_groups)
     if num_channels % num_groups:
@@ -260,15 +303,14 @@ def batch_norm(
         >>> y.mean(dim=(0, 2, 3)).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    c = x.shape[1]
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
-    check_per_channel("running_mean", running_mean, c, meaning=None)
-    check_per_channel("running_var", running_var, c, meaning=None)
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
-    check_choice("backend", backend, BACKENDS)
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+        backend=backend,
+    )
     use_batch = training or running_mean is None or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // c, x, "batch_norm", training)
@@ -320,15 +362,15 @@ def batch_group_norm(
         >>> batch_group_norm(torch.randn(4, 8, 3, 3), num_groups=2).shape
         torch.Size([4, 8, 3, 3])
     """
-    check_input(x)
-    c = x.shape[1]
-    _check_groups(num_groups, c)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
-    check_per_channel("running_mean", running_mean, num_groups, meaning=None)
-    check_per_channel("running_var", running_var, num_groups, meaning=None)
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
+    _check_arguments(
+        x,
+        num_groups=num_groups,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        running_size=num_groups,
+        eps=eps,
+        momentum=momentum,
+    )
     use_batch = training or running_mean is None or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // num_groups, x, "batch_group_norm", training)
@@ -371,13 +413,13 @@ def variance_norm(
         >>> bool(torch.allclose((y ** 2).mean(0), torch.ones(3), atol=1e-4))
         True
     """
-    check_input(x)
-    c = x.shape[1]
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
-    check_per_channel("running_var", running_var, c, meaning=None)
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+    )
     use_batch = training or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // c, x, "variance_norm", training)
@@ -431,16 +473,15 @@ def population_norm(
         >>> bool(torch.allclose(y.mean(0), torch.zeros(2), atol=1e-5))
         True
     """
-    check_input(x)
-    c = x.shape[1]
     if running_mean is None:
         raise ValueError("running_mean is required: population normalization has no batch mode")
-    check_per_channel("running_mean", running_mean, c, meaning=None)
-    check_per_channel("running_var", running_var, c, meaning=None)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+    )
     if training and running_var is not None:
         # One value per channel has no variance: the estimate would be driven toward 0.
         _check_batch_count(x.numel() // c, x, "population_norm")
@@ -505,17 +546,12 @@ def layer_norm(
         >>> y.flatten(1).mean(1).abs().max().item() < 1e-5
         True
     """
-    check_eps(eps)
-    check_choice("backend", backend, BACKENDS)
     if normalized_shape is None:
-        check_input(x)
-        c = x.shape[1]
-        for t, n in ((weight, "weight"), (bias, "bias")):
-            check_per_channel(n, t, c)
+        _check_arguments(x, per_channel={"weight": weight, "bias": bias}, eps=eps, backend=backend)
         if backend == "auto" and (xc := _torch_ready(x, weight, bias)) is not None:
             return F.group_norm(xc, 1, weight, bias, eps).to(x.dtype)
         return normalize(x, LAYER, Standardize(eps), _affine(weight, bias))
-    check_input(x, min_dim=1)
+    _check_arguments(x, min_dim=1, eps=eps, backend=backend)
     shape = _normalized_shape(x, normalized_shape)
     for t, n in ((weight, "weight"), (bias, "bias")):
         if t is not None and tuple(t.shape) != shape:
@@ -558,19 +594,17 @@ def rms_norm(
         >>> bool(torch.allclose(y.pow(2).mean(1), torch.ones(2), atol=1e-4))
         True
     """
-    check_eps(eps)
-    check_choice("backend", backend, BACKENDS)
-    op = Standardize(eps, center=False)
     if normalized_shape is None:
-        check_input(x)
-        check_per_channel("weight", weight, x.shape[1])
+        _check_arguments(x, per_channel={"weight": weight}, eps=eps, backend=backend)
+        op = Standardize(eps, center=False)
         if backend == "auto" and (xc := _torch_ready(x, weight)) is not None:
             out = F.rms_norm(xc, xc.shape[1:], None, eps)
             if weight is not None:
                 out = out * weight.reshape((1, -1) + (1,) * (x.dim() - 2))
             return out.to(x.dtype)
         return normalize(x, LAYER, op, _affine(weight, None))
-    check_input(x, min_dim=1)
+    _check_arguments(x, min_dim=1, eps=eps, backend=backend)
+    op = Standardize(eps, center=False)
     shape = _normalized_shape(x, normalized_shape)
     if weight is not None and tuple(weight.shape) != shape:
         raise ValueError(f"weight must have shape {shape}, got {tuple(weight.shape)}")
@@ -624,15 +658,14 @@ def instance_norm(
         >>> y.mean(dim=(2, 3)).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    c = x.shape[1]
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
-    check_per_channel("running_mean", running_mean, c, meaning=None)
-    check_per_channel("running_var", running_var, c, meaning=None)
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
-    check_choice("backend", backend, BACKENDS)
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+        backend=backend,
+    )
     has_running = running_mean is not None and running_var is not None
     use_batch = use_input_stats or not has_running
     if use_input_stats and (running_mean is not None or running_var is not None):
@@ -682,13 +715,13 @@ def group_norm(
         >>> group_norm(torch.randn(2, 4, 3), num_groups=2).shape
         torch.Size([2, 4, 3])
     """
-    check_input(x)
-    c = x.shape[1]
-    _check_groups(num_groups, c)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
-    check_eps(eps)
-    check_choice("backend", backend, BACKENDS)
+    _check_arguments(
+        x,
+        num_groups=num_groups,
+        per_channel={"weight": weight, "bias": bias},
+        eps=eps,
+        backend=backend,
+    )
     if (backend == "auto" and _torch_group_norm_accepts(x, num_groups)
             and (xc := _torch_ready(x, weight, bias)) is not None):
         return F.group_norm(xc, num_groups, weight, bias, eps).to(x.dtype)
@@ -727,10 +760,7 @@ def positional_norm(
         >>> y.mean(dim=1).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, x.shape[1])
-    check_eps(eps)
+    _check_arguments(x, per_channel={"weight": weight, "bias": bias}, eps=eps)
     return normalize(x, POSITIONAL, Standardize(eps), _affine(weight, bias))
 
 
@@ -773,10 +803,7 @@ def region_norm(
         >>> region_norm(x, mask).shape
         torch.Size([2, 3, 4, 4])
     """
-    check_input(x, min_dim=3)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, x.shape[1])
-    check_eps(eps)
+    _check_arguments(x, min_dim=3, per_channel={"weight": weight, "bias": bias}, eps=eps)
     if not isinstance(regions, Tensor):
         raise TypeError(f"regions must be a torch.Tensor, got {type(regions).__name__}")
     spatial = tuple(x.shape[2:])
@@ -800,8 +827,7 @@ def tlu(x: Tensor, tau: Tensor) -> Tensor:
         >>> tlu(torch.tensor([[-1.0, 2.0]]), torch.tensor([0.0, 3.0])).tolist()
         [[0.0, 3.0]]
     """
-    check_input(x)
-    check_per_channel("tau", tau, x.shape[1])
+    _check_arguments(x, per_channel={"tau": tau})
     return torch.maximum(x, tau.to(x.dtype).reshape((1, -1) + (1,) * (x.dim() - 2)))
 
 
@@ -835,9 +861,7 @@ def filter_response_norm(
         >>> bool(torch.allclose(y.pow(2).mean(dim=(2, 3)), torch.ones(2, 3), atol=1e-4))
         True
     """
-    check_input(x)
-    for t, n in ((weight, "weight"), (bias, "bias"), (tau, "tau")):
-        check_per_channel(n, t, x.shape[1])
+    _check_arguments(x, per_channel={"weight": weight, "bias": bias, "tau": tau})
     if isinstance(eps, Tensor):
         # A learned eps stays in the graph: divide by sqrt(nu2 + |eps|) explicitly.
         xv = INSTANCE.view(x).to(compute_dtype(x.dtype))
@@ -886,13 +910,13 @@ def evonorm_b0(
         >>> evonorm_b0(torch.randn(4, 3, 5, 5), v=torch.ones(3)).shape
         torch.Size([4, 3, 5, 5])
     """
-    check_input(x)
-    c = x.shape[1]
-    for t, n in ((v, "v"), (weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
-    check_per_channel("running_var", running_var, c, meaning=None)
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
+    c = _check_arguments(
+        x,
+        per_channel={"v": v, "weight": weight, "bias": bias},
+        running={"running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+    )
     use_batch = training or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // c, x, "evonorm_b0", training)
@@ -944,12 +968,12 @@ def evonorm_s0(
         >>> evonorm_s0(torch.randn(2, 8, 3, 3), num_groups=4, v=torch.ones(8)).shape
         torch.Size([2, 8, 3, 3])
     """
-    check_input(x)
-    c = x.shape[1]
-    _check_groups(num_groups, c)
-    for t, n in ((v, "v"), (weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
-    check_eps(eps)
+    _check_arguments(
+        x,
+        num_groups=num_groups,
+        per_channel={"v": v, "weight": weight, "bias": bias},
+        eps=eps,
+    )
     partition = GROUP(num_groups)
     xv = partition.view(x).to(compute_dtype(x.dtype))
     group_var = Standardize(eps).statistics(xv, partition)["var"]
@@ -1071,8 +1095,7 @@ def local_contrast_norm(
         >>> local_contrast_norm(torch.randn(2, 3, 16, 16), kernel_size=5).shape
         torch.Size([2, 3, 16, 16])
     """
-    check_input(x)
-    check_eps(eps)
+    _check_arguments(x, eps=eps)
     check_positive_float("sigma", sigma)
     axes = list(range(2, x.dim()))
     sizes = _as_tuple(kernel_size, len(axes), "kernel_size")
@@ -1166,12 +1189,7 @@ def local_context_norm(
         >>> local_context_norm(torch.randn(2, 4, 8, 8), num_groups=2, window_size=3).shape
         torch.Size([2, 4, 8, 8])
     """
-    check_input(x)
-    c = x.shape[1]
-    _check_groups(num_groups, c)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
-    check_eps(eps)
+    c = _check_arguments(x, num_groups=num_groups, per_channel={"weight": weight, "bias": bias}, eps=eps)
     spatial = tuple(x.shape[2:])
     sizes = _as_tuple(window_size, len(spatial), "window_size")
     xc = x.to(compute_dtype(x.dtype))

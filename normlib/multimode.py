@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from normlib._checks import check_eps, check_momentum, check_per_channel, check_positive_int
+from normlib._checks import check_per_channel, check_positive_int
 from normlib.framework import BATCH, INSTANCE, LAYER, Affine, Operation, Partition, Standardize, normalize
-from normlib.functional import check_input
+from normlib.functional import _check_arguments
 from normlib.layers import NormLayer
 from normlib.registry import register_norm
 from normlib.whitening import (
@@ -201,18 +201,14 @@ def mode_norm(
         >>> y.mean(dim=(0, 2, 3)).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    n, c = x.shape[:2]
+    c = _check_arguments(x, per_channel={"weight": weight, "bias": bias}, eps=eps, momentum=momentum)
+    n = x.shape[0]
     if not isinstance(gates, Tensor) or gates.dim() != 2 or gates.shape[0] != n:
         shape = tuple(gates.shape) if isinstance(gates, Tensor) else type(gates).__name__
         raise ValueError(f"gates must have shape (N={n}, K), got {shape}")
     k = gates.shape[1]
-    for t, name in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(name, t, c)
-    for t, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
         check_per_channel(name, t, (k, c), meaning="one row per mode")
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together or not at all")
     use_batch = training or running_mean is None
@@ -318,15 +314,15 @@ def switchable_norm(
         >>> y.mean(dim=(2, 3)).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    c = x.shape[1]
+    _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+    )
     _check_mixture(mean_weights, "mean_weights", 3)
     _check_mixture(var_weights, "var_weights", 3)
-    for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
-                    (running_var, "running_var")):
-        check_per_channel(name, t, c)
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together or not at all")
     use_batch = training or running_mean is None
@@ -462,17 +458,19 @@ def switchable_whitening(
         >>> switchable_whitening(torch.randn(4, 8, 6, 6), w, w, group_size=4).shape
         torch.Size([4, 8, 6, 6])
     """
-    check_input(x)
-    n, c = x.shape[:2]
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean},
+        eps=eps,
+        momentum=momentum,
+    )
+    n = x.shape[0]
     modes = _check_modes(modes)
     _check_mixture(mean_weights, "mean_weights", len(modes))
     _check_mixture(cov_weights, "cov_weights", len(modes))
     g = _check_group_size(group_size, c)
-    for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean")):
-        check_per_channel(name, t, c)
     check_per_channel("running_cov", running_cov, (c // g, g, g), meaning="one covariance per group")
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
     if (running_mean is None) != (running_cov is None):
         raise ValueError("running_mean and running_cov must be given together or not at all")
     spatial = x[0, 0].numel()

@@ -54,9 +54,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from normlib._checks import check_eps, check_momentum, check_per_channel, check_positive_int
+from normlib._checks import check_eps, check_positive_int
 from normlib.framework import BATCH, GROUP, Affine, Operation, Partition, normalize
-from normlib.functional import check_input
+from normlib.functional import _check_arguments
 from normlib.layers import NormLayer
 from normlib.registry import register_norm
 
@@ -606,15 +606,12 @@ def batch_whitening(
         >>> y.shape
         torch.Size([256, 8])
     """
-    check_input(x)
-    c = x.shape[1]
+    c = _check_arguments(x, per_channel={"weight": weight, "bias": bias},
+                         running={"running_mean": running_mean}, momentum=momentum)
     g = _check_group_size(group_size, c)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
     if running_whitening is not None and running_cov is not None:
         raise ValueError("pass running_whitening or running_cov, not both")
     matrix_buffer = running_whitening if running_whitening is not None else running_cov
-    check_per_channel("running_mean", running_mean, c)
     if matrix_buffer is not None and matrix_buffer.shape != (c // g, g, g):
         name = "running_whitening" if running_whitening is not None else "running_cov"
         raise ValueError(
@@ -623,7 +620,6 @@ def batch_whitening(
         )
     if (running_mean is None) != (matrix_buffer is None):
         raise ValueError("running_mean and a running matrix must be given together or not at all")
-    check_momentum(momentum, allow_none=False)
     stat = "covariance" if running_cov is not None else "whitening"
     op = Whiten(method, g, eps, iterations, stat)
     use_batch = training or running_mean is None
@@ -672,16 +668,13 @@ def group_whitening(
         >>> group_whitening(torch.randn(2, 16, 4, 4), num_groups=4).shape
         torch.Size([2, 16, 4, 4])
     """
-    check_input(x)
-    c = x.shape[1]
+    c = _check_arguments(x, per_channel={"weight": weight, "bias": bias})
     check_positive_int("num_groups", num_groups)
     if c % num_groups:
         divisors = [k for k in range(1, c + 1) if c % k == 0]
         raise ValueError(
             f"num_groups={num_groups} does not divide the {c} channels; choose one of {divisors}"
         )
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        check_per_channel(n, t, c)
     _check_samples(x[0].numel() // num_groups, num_groups, x.shape)
     return normalize(x, GROUP(num_groups), Whiten(method, None, eps, iterations),
                      _affine(weight, bias))
