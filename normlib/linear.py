@@ -35,7 +35,14 @@ from dataclasses import dataclass
 
 import torch
 
-from normlib._checks import check_int, check_nonnegative_int, check_positive_float, check_positive_int
+from normlib._checks import (
+    check_int,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+    check_shape,
+    check_tensor,
+)
 from normlib.whitening import covariance, whitening_matrix
 
 __all__ = [
@@ -177,6 +184,16 @@ def lr_thresholds(h: torch.Tensor) -> tuple[float, float]:
     return 1.0 / lam, 2.0 / lam
 
 
+def _design(x, y, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``(N, d)`` (with a constant feature 1 appended if ``bias``) and targets ``(N,)``."""
+    x = _as_matrix("x", x)
+    check_tensor("y", y)
+    check_shape("y", y, (len(x),))
+    if bias:
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
+    return x, y.to(x)
+
+
 class LeastSquares:
     """``L(w) = 1/(2N) sum_i (w^T x_i - y_i)^2`` on inputs ``x: (N, d)``, targets ``y: (N,)``.
 
@@ -185,14 +202,9 @@ class LeastSquares:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bias: bool = True):
-        x = _as_matrix("x", x)
-        if y.shape != (len(x),):
-            raise ValueError(f"y must have shape ({len(x)},), got {tuple(y.shape)}")
-        if bias:
-            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
-        self.x, self.y = x, y.to(x)
-        self.hessian = second_moment(x)
-        self.solution = torch.linalg.lstsq(x, self.y.unsqueeze(1)).solution.squeeze(1)
+        self.x, self.y = _design(x, y, bias)
+        self.hessian = second_moment(self.x)
+        self.solution = torch.linalg.lstsq(self.x, self.y.unsqueeze(1)).solution.squeeze(1)
 
     @property
     def dim(self) -> int:
@@ -223,12 +235,7 @@ class LogisticRegression:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bias: bool = True):
-        x = _as_matrix("x", x)
-        if y.shape != (len(x),):
-            raise ValueError(f"y must have shape ({len(x)},), got {tuple(y.shape)}")
-        if bias:
-            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
-        self.x, self.y = x, y.to(x)
+        self.x, self.y = _design(x, y, bias)
 
     @property
     def dim(self) -> int:
