@@ -56,6 +56,7 @@ __all__ = [
     "static_propagation_explorer",
     "DescentRuns",
     "descent_grid",
+    "descent_contours",
     "descent_explorer",
     "SpectrumPoint",
     "spectrum_grid",
@@ -597,8 +598,9 @@ def spectrum_grid(x: torch.Tensor, y: torch.Tensor, *, norms: Sequence[str | Non
     """The Hessian spectrum of a VGG-style network at several steps of one SGD run per normalizer.
 
     For each normalizer the network ``VGG(depth, width, norm)`` is built after
-    ``torch.manual_seed(seed)`` and trained with :func:`normlib.hessian.run_sgd` (cross-entropy
-    on ``(x, y)``, minibatches of ``batch_size``, momentum); the model after ``s`` steps is the
+    ``torch.manual_seed(seed)`` (the caller's random state is restored afterwards) and trained
+    with :func:`normlib.hessian.run_sgd` (cross-entropy on ``(x, y)``, minibatches of
+    ``batch_size``, momentum); the model after ``s`` steps is the
     start of the same run (every run is deterministic), and its Hessian with batch statistics
     on the first ``hessian_batch`` samples gets its ``k`` largest eigenvalues
     (:func:`normlib.hessian.top_eigenpairs`, relative tolerance ``tol``) and its density
@@ -623,9 +625,10 @@ def spectrum_grid(x: torch.Tensor, y: torch.Tensor, *, norms: Sequence[str | Non
     batch = (x[:hessian_batch], y[:hessian_batch])
     grid = {}
     for norm in norms:
-        torch.manual_seed(seed)
-        net = VGG(in_channels=x.shape[1], num_classes=int(y.max()) + 1, depth=depth, width=width,
-                  norm=norm).to(x.device)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
+            torch.manual_seed(seed)
+            net = VGG(in_channels=x.shape[1], num_classes=int(y.max()) + 1, depth=depth,
+                      width=width, norm=norm).to(x.device)
         for s in steps:
             model = H.run_sgd(net, loss_fn, (x, y), lr=lr, steps=s, batch_size=batch_size,
                               momentum=momentum, seed=seed).model

@@ -349,15 +349,26 @@ def test_descent_grid_equals_gradient_descent_and_contours_are_level_sets():
 
 
 @pytest.fixture(scope="module")
-def small_spectrum():
+def one_thread():
+    # Tiny networks: a second thread only waits (and, on a busy machine, spins).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_spectrum(one_thread):
     digits = load_digits()
     x, y = digits.x_train[:96], digits.y_train[:96]
+    state = torch.get_rng_state()
     grid = spectrum_grid(x, y, norms=(None, "bn"), steps=(0, 3), hessian_batch=32, depth=3,
                          width=2, batch_size=16, k=3, slq_iters=8, tol=1e-6)
+    assert torch.equal(state, torch.get_rng_state())  # the caller's random state is left alone
     return x, y, grid
 
 
-def test_spectrum_grid_equals_direct_hessian_calls(small_spectrum):
+def test_spectrum_grid_equals_direct_hessian_calls(small_spectrum, one_thread):
     x, y, grid = small_spectrum
     assert sorted(grid) == sorted([("none", 0), ("none", 3), ("bn", 0), ("bn", 3)])
     loss_fn = torch.nn.CrossEntropyLoss()
