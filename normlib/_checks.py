@@ -54,6 +54,7 @@ __all__ = [
     "check_positive_int",
     "check_probability",
     "check_shape",
+    "check_str",
     "check_tensor",
     "is_int",
     "is_real",
@@ -269,9 +270,20 @@ def check_choice(name: str, value, choices: Sequence, *, fix: str | None = None)
     return value
 
 
-def check_callable(name: str, value, *, what: str = "callable"):
+def check_callable(name: str, value, *, what: str = "callable", allow_none: bool = False):
+    """A callable (``what`` says how it is called), or ``None`` if allowed."""
+    if value is None and allow_none:
+        return None
     if not callable(value):
-        raise argument_error(TypeError, name, what, value)
+        raise argument_error(TypeError, name, what + (" or None" if allow_none else ""), value,
+                             show=type(value).__name__)
+    return value
+
+
+def check_str(name: str, value) -> str:
+    """A ``str``."""
+    if not isinstance(value, str):
+        raise argument_error(TypeError, name, "a str", value, show=type(value).__name__)
     return value
 
 

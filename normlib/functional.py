@@ -43,6 +43,7 @@ from normlib._checks import (
     check_per_channel,
     check_positive_float,
     check_positive_int,
+    check_tensor,
 )
 from normlib.framework import (
     BATCH,
@@ -804,8 +805,7 @@ def region_norm(
         torch.Size([2, 3, 4, 4])
     """
     _check_arguments(x, min_dim=3, per_channel={"weight": weight, "bias": bias}, eps=eps)
-    if not isinstance(regions, Tensor):
-        raise TypeError(f"regions must be a torch.Tensor, got {type(regions).__name__}")
+    check_tensor("regions", regions)
     spatial = tuple(x.shape[2:])
     allowed = ((x.shape[0], *spatial), (x.shape[0], 1, *spatial))
     if tuple(regions.shape) not in allowed:

@@ -67,8 +67,7 @@ _TINY = 1e-30
 
 
 def _as_matrix(name: str, x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor(name, x)
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (N, d), got {tuple(x.shape)}")
     if not x.is_floating_point():

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlib._checks import check_eps, check_positive_int
+from normlib._checks import check_eps, check_positive_int, check_tensor
 from normlib.framework import INSTANCE, Partition, Standardize, compute_dtype, normalize
 from normlib.functional import check_input
 from normlib.registry import create_norm, register_norm
@@ -533,8 +533,7 @@ class ConditionalBatchNorm(nn.Module):
     def modulation(self, x: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
         """``(gamma, beta)``, each ``(N, C)``, for the condition of each sample."""
         n = x.shape[0]
-        if not isinstance(condition, Tensor):
-            raise TypeError(f"condition must be a torch.Tensor, got {type(condition).__name__}")
+        check_tensor("condition", condition)
         if condition.is_floating_point():
             if condition.shape != (n, self.num_classes):
                 raise ValueError(

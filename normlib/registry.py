@@ -22,7 +22,7 @@ from typing import Union
 
 from torch import nn
 
-from normlib._checks import check_positive_int
+from normlib._checks import check_positive_int, check_str
 
 __all__ = [
     "register_norm",
@@ -86,8 +86,7 @@ def create_norm(name: str, num_features: int, **kwargs) -> nn.Module:
         ValueError: if ``name`` is unknown (the message lists the known names) or
             ``num_features`` is not a positive integer.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    check_str("name", name)
     check_positive_int("num_features", num_features)
     k = _key(name)
     k = _ALIASES.get(k, k)

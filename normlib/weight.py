@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from normlib._checks import check_eps, check_positive_float, check_positive_int
+from normlib._checks import check_eps, check_module, check_positive_float, check_positive_int, check_str
 from normlib.registry import register_weight_norm
 from normlib.whitening import inverse_sqrt_symmetric
 
@@ -106,10 +106,8 @@ def _check_dim(dim, ndim: int, allow_none: bool) -> int | None:
 
 def _module_weight(module, name: str) -> torch.Tensor:
     """The tensor a weight normalizer will parametrize, after checking it can."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    check_module("module", module)
+    check_str("name", name)
     weight = getattr(module, name, None)
     if not isinstance(weight, torch.Tensor):
         raise ValueError(

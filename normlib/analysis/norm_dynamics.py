@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from normlib._checks import (
+    check_callable,
     check_mode,
     check_module,
     check_momentum,
@@ -253,8 +254,7 @@ def sgd_norm_dynamics(
     check_positive_int("steps", steps)
     weight_decay = check_nonnegative_float("weight_decay", weight_decay)
     momentum = check_momentum(momentum, allow_none=False, high_open=True)
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    check_callable("loss_fn", loss_fn)
     x, y = data
     n = x.shape[0]
     if batch_size is None:

@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from normlib._checks import (
+    check_callable,
     check_mode,
     check_module,
+    check_tensor,
 )
 from normlib.hessian import preserved_model_state
 
@@ -267,8 +269,7 @@ def scale_dynamics(
     """
     check_module("model", model)
     check_mode(mode)
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor("x", x)
     all_layers = dict(rescalable_layers(model))
     modules = dict(model.named_modules())
     if layers is None:
@@ -291,8 +292,7 @@ def scale_dynamics(
                 "(use invariance_table for weight normalizers)"
             )
     a = _as_alphas(alphas, len(chosen))
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    check_callable("loss_fn", loss_fn, allow_none=True)
     with preserved_model_state(model):
         model.train(mode == "train")
         if output_grad is None and loss_fn is None:

@@ -20,9 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from normlib._checks import check_float, check_nonnegative_int, check_positive_float, check_positive_int
+from normlib._checks import (
+    check_float,
+    check_mode,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+)
 from normlib.hessian.eigen import EigenResult, top_eigenpairs
-from normlib.hessian.operator import _MODES, _as_operator, _is_batch, preserved_model_state
+from normlib.hessian.operator import _as_operator, _is_batch, preserved_model_state
 
 __all__ = [
     "condition_number",
@@ -215,10 +221,7 @@ def layer_second_moments(model: nn.Module, loss_fn: Callable, batch, *, mode: st
         >>> [m.name for m in moments], tuple(moments[1].input_moment.shape)
         (['0', '2'], (4, 4))
     """
-    if mode not in _MODES:
-        raise ValueError(
-            f"mode must be 'train' (batch statistics) or 'eval' (running statistics), got {mode!r}"
-        )
+    check_mode(mode)
     if not _is_batch(batch):
         raise TypeError(f"batch must be a pair (x, y) of tensors, got {type(batch).__name__}")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]

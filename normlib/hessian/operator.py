@@ -20,12 +20,9 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from normlib._checks import check_positive_int
+from normlib._checks import check_callable, check_mode, check_module, check_positive_int, check_tensor
 
 __all__ = ["preserved_model_state", "HessianOperator", "hessian_matrix"]
-
-
-_MODES = ("train", "eval")
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,17 +149,9 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, data, *, mode: str):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not callable(loss_fn):
-            raise TypeError(
-                f"loss_fn must be callable as loss_fn(output, target), got {type(loss_fn).__name__}"
-            )
-        if mode not in _MODES:
-            raise ValueError(
-                f"mode must be 'train' (batch statistics) or 'eval' (running statistics), "
-                f"got {mode!r}"
-            )
+        check_module("model", model)
+        check_callable("loss_fn", loss_fn, what="callable as loss_fn(output, target)")
+        check_mode(mode)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("model has no parameters with requires_grad=True; nothing to differentiate")
@@ -293,8 +282,7 @@ class HessianOperator:
     # -- internals ----------------------------------------------------------------------------
 
     def _check_vector(self, v, name: str) -> torch.Tensor:
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
+        check_tensor(name, v)
         if v.dim() not in (1, 2) or v.shape[-1] != self.num_params:
             raise ValueError(
                 f"{name} must have shape ({self.num_params},) or (B, {self.num_params}), "

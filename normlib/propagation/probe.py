@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from normlib._checks import check_bool
+from normlib._checks import check_bool, check_callable, check_mode
 from normlib.layers import NormLayer
 from normlib.propagation.statistics import STATISTICS, representation_statistics
 
@@ -336,12 +336,10 @@ def probe(
         >>> t[["layer", "name"]].values.tolist()
         [[0, 'input'], [1, 'layers.0'], [2, 'layers.1']]
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     check_bool("backward", backward)
     check_bool("include_input", include_input)
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable(output, targets), got {type(loss_fn).__name__}")
+    check_callable("loss_fn", loss_fn, what="callable as loss_fn(output, targets)", allow_none=True)
     points = probe_points(model, at)
     device = _model_device(model)
     names = (["input"] if include_input else []) + [name for name, _ in points]
