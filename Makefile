@@ -48,7 +48,7 @@ unit: $(STAMP)
 # Every chapter's visible code, in order, in a fresh kernel at the small size:
 # a reader who copies it reproduces every visible output.
 visible-cells: $(STAMP)
-	$(BIN)/python -m pytest -m visible_cells tests/test_visible_cells.py
+	$(BIN)/python -m pytest -m visible_cells --durations=12 tests/test_visible_cells.py
 
 # Warnings are errors, missing references are errors, a failing cell fails it.
 build-strict: cache-key

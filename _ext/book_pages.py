@@ -15,6 +15,10 @@
   repository's ``environment.yml``, whose ``postBuild`` installs normlib and
   writes the chapters as ``notebooks/<name>.ipynb`` (as ``make lab`` does); the
   Binder link opens that notebook in JupyterLab.
+* Numbers glued as NumPy scalars (``glue("x", np.float64(0.5))``) format with a
+  format spec (``{glue:text}`x:.2f```): NumPy 2 writes their text as
+  ``np.float64(0.5)``, which myst-nb cannot read as a number; the text is
+  unwrapped to ``0.5`` before myst-nb formats it.
 * Widget state saved by the kernel (``application/vnd.jupyter.widget-state+json``)
   and the widget views that refer to it are removed from every page: the
   book loads no widget JavaScript, so they would only weigh the page down.
@@ -56,6 +60,33 @@ def _setup_cell(app) -> dict:
     )
     return {"cell_type": "code", "execution_count": None, "id": SETUP_MARK,
             "metadata": {"tags": [SETUP_MARK]}, "outputs": [], "source": source}
+
+
+_NUMPY_SCALAR = re.compile(r"^np\.(?:float|int|uint|complex|longdouble|str_|bytes_)\w*\((.*)\)$", re.S)
+_NUMPY_BOOL = {"np.True_": "True", "np.False_": "False"}
+
+
+def _unwrap_numpy_scalar(text: str) -> str:
+    stripped = text.strip()
+    if stripped in _NUMPY_BOOL:
+        return _NUMPY_BOOL[stripped]
+    m = _NUMPY_SCALAR.match(stripped)
+    return m.group(1) if m else text
+
+
+def _glue_reads_numpy_scalars() -> None:
+    from myst_nb.ext.glue import crossref, roles
+
+    for module in (roles, crossref):
+        original = module.format_plain_text
+        if getattr(original, "_unwraps_numpy", False):
+            continue
+
+        def format_plain_text(text, fmt_spec, _original=original):
+            return _original(_unwrap_numpy_scalar(text), fmt_spec)
+
+        format_plain_text._unwraps_numpy = True
+        module.format_plain_text = format_plain_text
 
 
 def _has_outputs(nb: dict) -> bool:
@@ -175,6 +206,7 @@ def _page_context(app, pagename, templatename, context, doctree):
 
 
 def setup(app):
+    _glue_reads_numpy_scalars()
     app.add_config_value("book_publish_branch", "gh-pages", "html")
     app.add_config_value("book_chapter_prefix", "chapters/", "html")
     # after the theme has built its launch and download buttons (priority 501)

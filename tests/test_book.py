@@ -1,5 +1,7 @@
 """Checks of the book's sources that need no build: table of contents, chapter format, hygiene."""
 
+import importlib
+import pkgutil
 import re
 import subprocess
 import sys
@@ -16,8 +18,41 @@ def _toc_files():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [toc["root"]]
     for part in toc.get("parts", []):
-        files += [c["file"] for c in part["chapters"]]
+        for c in part["chapters"]:
+            files += [c["file"]] + [s["file"] for s in c.get("sections", [])]
     return files
+
+
+def _public_modules():
+    import normlib
+    names = ["normlib"]
+    for info in pkgutil.iter_modules(normlib.__path__):
+        if not info.name.startswith("_"):
+            names.append(f"normlib.{info.name}")
+    return names
+
+
+def test_api_reference_has_a_page_per_public_module_that_links_to_its_chapters():
+    labels = set()
+    for page in [*CHAPTERS, ROOT / "intro.md", *(ROOT / "docs").rglob("*.md")]:
+        labels |= set(re.findall(r"^\(([\w-]+)\)=\s*$", page.read_text(), re.M))
+    files = set(_toc_files())
+    for module in _public_modules():
+        page = ROOT / "docs" / "api" / f"{module.removeprefix('normlib.')}.md"
+        assert page.exists(), f"{module} has no API page ({page.relative_to(ROOT)})"
+        assert page.relative_to(ROOT).with_suffix("").as_posix() in files, f"{page.name} is not in _toc.yml"
+        text = page.read_text()
+        assert f"automodule:: {module}\n" in text, f"{page.name} does not document {module}"
+        opening = text.split("```", 1)[0]
+        refs = re.findall(r"\{ref\}`([\w-]+)`", opening)
+        assert refs, f"{page.name} does not open with the chapters that explain {module}"
+        for ref in refs:
+            assert ref in labels, f"{page.name} refers to {ref}, which no page defines"
+        package = importlib.import_module(module)
+        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+            if not info.name.startswith("_") and module != "normlib":
+                assert f"automodule:: {module}.{info.name}\n" in text, \
+                    f"{page.name} does not list the module {module}.{info.name}"
 
 
 def test_every_toc_entry_exists_and_every_chapter_is_in_the_toc():
