@@ -1,9 +1,45 @@
 """normlib: normalization layers, analysis tools and the numerics of the book.
 
-The layers follow torch's conventions (``num_features`` first, train/eval
-semantics, unbiased running variance) and are tested against torch's own layers
-or independent references. ``create_norm(name, num_features)`` builds any of them
-by name.
+The map of the library: which module serves which chapter.
+
+======================================  ==============================================================
+chapter                                 modules
+======================================  ==============================================================
+Motivation                              ``normlib.linear``
+Hessian conditioning                    ``normlib.hessian`` (``operator``, ``eigen``, ``estimators``,
+                                        ``conditioning``)
+Review I: normalizing activations       ``normlib.functional``, ``normlib.framework``,
+                                        ``normlib.layers``
+Review II: whitening, recovery,         ``normlib.whitening``, ``normlib.recovery``,
+multi-mode                              ``normlib.multimode``
+Review III: weights and gradients       ``normlib.weight``, ``normlib.optim``
+Analysis                                ``normlib.analysis`` (``scaling``, ``invariance``,
+                                        ``norm_dynamics``, ``stochasticity``, ``discrepancy``)
+Stable and informative forward,         ``normlib.propagation`` (``probe``, ``statistics``, ``sweep``,
+stable backward propagation             ``theory``)
+Training map                            ``normlib.train``, ``normlib.diagnose``
+======================================  ==============================================================
+
+Supporting modules: ``normlib.registry`` (``create_norm(name, num_features)`` builds any
+normalizer by name), ``normlib.models`` (MLP, VGG-style CNN, CIFAR ResNet with a pluggable
+normalizer), ``normlib.data`` (embedded datasets, on-disk CIFAR), ``normlib.device`` (device and
+size preset), ``normlib.cli`` (the commands of ``python -m normlib``), ``normlib.plotting``,
+``normlib.widgets`` and ``normlib.explorer`` (figures and explorers, for the chapters only). Two internal modules serve every other one:
+``normlib._checks`` (argument checks: one message format, ``ValueError`` for a bad value,
+``TypeError`` for a bad type) and ``normlib._state`` (tools leave a user's model as they found
+it).
+
+Imports flow one way, and a test reads the import graph to keep it so (no module imports
+another that imports it back)::
+
+    chapters -> analysis, hessian, propagation, train, diagnose -> models -> layers
+             -> framework, functional -> _checks
+
+Layers never import analysis tools; only the chapters (and ``widgets``, which draws with
+``plotting``) import ``plotting`` and ``widgets``.
+
+The layers follow torch's conventions (``num_features`` first, train/eval semantics, unbiased
+running variance) and are tested against torch's own layers or independent references.
 """
 
 from normlib import layers as _layers  # noqa: F401  (fills the registry)

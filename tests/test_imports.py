@@ -133,3 +133,21 @@ def test_data_flows_one_way_lower_layers_never_import_higher_ones(layer, above):
 
     reached = reach(layer)
     assert not [m for m in reached if any(m == a or m.startswith(a + ".") for a in above)], reached
+
+
+def test_only_the_chapter_helpers_import_plotting_and_widgets():
+    graph = import_graph()
+    helpers = {"normlib.plotting", "normlib.widgets", "normlib.explorer"}
+    importers = sorted(m for m, edges in graph.items() if m not in helpers and edges & helpers)
+    assert importers == []
+
+
+def test_the_package_docstring_maps_every_module():
+    import normlib
+
+    public = sorted(
+        m for m in _modules()
+        if m.count(".") == 1 and not m.rsplit(".", 1)[1].startswith("_")
+    )
+    missing = [m for m in public if f"``{m}``" not in normlib.__doc__]
+    assert not missing, f"normlib's docstring does not place {missing} on its map"
