@@ -10,10 +10,17 @@ the cell. A visible cell that uses a name defined only in a hidden cell fails
 here with a ``NameError``.
 
 Run alone with ``make visible-cells`` (``make test`` runs it after the unit tests).
+A chapter that passed is not run again while nothing it depends on changed: its
+visible code, the library's sources, the pinned environment, the size and the
+device (a stamp in ``_build/.visible-cells/``, removed by ``make clean``; set
+``NORMLIB_VISIBLE_CELLS_FRESH=1`` to run every chapter anyway).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
 from pathlib import Path
 
 import jupytext
@@ -26,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("*.md"))
 HIDDEN_TAGS = {"remove-cell", "remove-input"}
 CELL_TIMEOUT = 600
+STAMPS = ROOT / "_build" / ".visible-cells"
 
 pytestmark = pytest.mark.visible_cells
 
@@ -54,10 +62,29 @@ def test_visible_cells_are_selected_by_tag():
     assert [c.source for c in visible_code_cells(nb)] == ["a = 1", "d = 4", "e = 5"]
 
 
-def run_visible_cells(chapter: Path) -> None:
+def _inputs_key(cells) -> str:
+    """A hash of everything a run of the visible cells depends on."""
+    h = hashlib.sha256()
+    for cell in cells:
+        h.update(cell.source.encode() + b"\0")
+    pins = [ROOT / "constraints.txt", ROOT / "pyproject.toml"]
+    for path in sorted((ROOT / "normlib").rglob("*.py")) + pins:
+        h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for var in ("NORMLIB_SIZE", "NORMLIB_DEVICE"):
+        h.update(f"{var}={os.environ.get(var, '')}".encode())
+    h.update(platform.python_version().encode())
+    return h.hexdigest()
+
+
+def run_visible_cells(chapter: Path, stamps: Path | None = None) -> None:
     source = jupytext.read(chapter)
     cells = visible_code_cells(source)
     assert cells, f"{chapter.name} has no visible code cell"
+    stamp = key = None
+    if stamps is not None:
+        stamp, key = stamps / f"{chapter.stem}.passed", _inputs_key(cells)
+        if stamp.exists() and stamp.read_text() == key and not os.environ.get("NORMLIB_VISIBLE_CELLS_FRESH"):
+            return  # the same code already ran without error
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c.source) for c in cells],
                                   metadata=source.metadata)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
@@ -69,6 +96,9 @@ def run_visible_cells(chapter: Path) -> None:
             except (CellExecutionError, CellTimeoutError) as err:
                 pytest.fail(f"{_describe(chapter, index, cells[index])} failed when the visible "
                             f"cells run alone:\n{err}", pytrace=False)
+    if stamp is not None:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(key)
 
 
 def test_run_visible_cells_names_the_failing_cell(tmp_path):
@@ -83,7 +113,20 @@ def test_run_visible_cells_names_the_failing_cell(tmp_path):
         run_visible_cells(chapter)
 
 
+def test_a_passed_chapter_runs_again_when_its_code_changes(tmp_path, monkeypatch):
+    monkeypatch.delenv("NORMLIB_VISIBLE_CELLS_FRESH", raising=False)
+    header = ("---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+              "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n")
+    chapter = tmp_path / "demo.md"
+    chapter.write_text(header + "```{code-cell} ipython3\nx = 1\n```\n")
+    run_visible_cells(chapter, tmp_path / "stamps")
+    assert (tmp_path / "stamps" / "demo.passed").exists()
+    chapter.write_text(header + "```{code-cell} ipython3\nx = undefined_name\n```\n")
+    with pytest.raises(pytest.fail.Exception, match="NameError"):
+        run_visible_cells(chapter, tmp_path / "stamps")
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_visible_cells_run_alone(chapter, monkeypatch):
     monkeypatch.setenv("NORMLIB_SIZE", "small")
-    run_visible_cells(chapter)
+    run_visible_cells(chapter, STAMPS)
