@@ -21,11 +21,9 @@ from normlib._checks import (
 )
 from normlib.analysis.stochasticity import (
     _WHITENING_NAME,
-    _check_batch_size,
-    _check_data,
+    _check_snd_arguments,
     _normalize_batches,
     _outputs_in_batches,
-    _snd_method,
 )
 from normlib.registry import create_norm
 
@@ -117,10 +115,7 @@ def train_inference_discrepancy(
         >>> r.eval_vs_population < r.train_vs_eval
         True
     """
-    method = _snd_method(method)
-    data = _check_data(data)
-    m, d = data.shape
-    _check_batch_size(batch_size, m, d, method)
+    data, method, m, d = _check_snd_arguments(data, batch_size, method)
     check_positive_int("num_updates", num_updates)
     check_positive_int("num_samples", num_samples)
     check_positive_int("num_batches", num_batches)

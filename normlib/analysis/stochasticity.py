@@ -23,6 +23,8 @@ from normlib import functional as NF
 from normlib._checks import (
     check_int,
     check_positive_int,
+    check_str,
+    check_tensor,
 )
 from normlib.whitening import whiten
 
@@ -47,8 +49,7 @@ _WHITENING_NAME = {"zca": "zca", "pca": "pca", "cd": "cholesky", "iternorm": "it
 
 
 def _snd_method(method) -> str:
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a str, got {type(method).__name__}")
+    check_str("method", method)
     key = _SND_ALIASES.get(method.lower(), method.lower())
     if key not in SND_METHODS:
         raise ValueError(
@@ -59,12 +60,8 @@ def _snd_method(method) -> str:
 
 
 def _check_data(data) -> Tensor:
-    if not isinstance(data, Tensor):
-        raise TypeError(f"data must be a torch.Tensor of shape (num_samples, d), got {type(data).__name__}")
-    if data.dim() != 2 or not data.is_floating_point():
-        raise ValueError(f"data must be a floating point tensor (num_samples, d), got {tuple(data.shape)} "
-                         f"{data.dtype}")
-    return data
+    return check_tensor("data", data, floating=True, ndim=2,
+                        what="a torch.Tensor of floating-point samples, shape (num_samples, d)")
 
 
 def _check_batch_size(batch_size, num_samples: int, dim: int, method: str) -> None:
@@ -79,6 +76,15 @@ def _check_batch_size(batch_size, num_samples: int, dim: int, method: str) -> No
             f"{method} whitening of d={dim} features needs batch_size > {dim} samples to estimate "
             f"the covariance, got batch_size={batch_size}"
         )
+
+
+def _check_snd_arguments(data, batch_size, method) -> tuple[Tensor, str, int, int]:
+    """The checks the SND tools share: ``(data, method, num_samples, d)``."""
+    method = _snd_method(method)
+    data = _check_data(data)
+    m, d = data.shape
+    _check_batch_size(batch_size, m, d, method)
+    return data, method, m, d
 
 
 def normalize_in_batches(
@@ -119,10 +125,7 @@ def normalize_in_batches(
         >>> normalize_in_batches(data, 0, 16, num_batches=5).shape
         torch.Size([5, 3])
     """
-    method = _snd_method(method)
-    data = _check_data(data)
-    m, d = data.shape
-    _check_batch_size(batch_size, m, d, method)
+    data, method, m, d = _check_snd_arguments(data, batch_size, method)
     check_positive_int("num_batches", num_batches)
     check_int("index", index, minimum=0, maximum=m - 1)
     return _outputs_in_batches(data, torch.tensor([index]), batch_size, method, num_batches, eps,
@@ -243,10 +246,7 @@ def stochastic_normalization_disturbance(
         >>> 0.35 < large.value / small.value < 0.65  # about 1/sqrt(4)
         True
     """
-    method = _snd_method(method)
-    data = _check_data(data)
-    m, d = data.shape
-    _check_batch_size(batch_size, m, d, method)
+    data, method, m, d = _check_snd_arguments(data, batch_size, method)
     check_positive_int("num_samples", num_samples)
     check_positive_int("num_batches", num_batches, minimum=2)
     if num_samples > m:
