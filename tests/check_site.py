@@ -337,14 +337,14 @@ def check(root: Path) -> list[str]:
                     chapter = page.evaluate(CHAPTER_JS)
                     for p in check_chapter(rel, chapter, root, root / rel):
                         problems.append(f"{rel}: {p}")
-                    for p in page.evaluate(EXPLORER_JS):
-                        problems.append(f"{rel}: {p}")
                     files = {f for f in (local_file(root, base, u) for u in local) if f}
                     files |= {(root / rel).parent.joinpath(unquote(i["src"])).resolve()
                               for i in chapter["images"] if i["src"] and not urlparse(i["src"]).scheme}
                     loaded[rel] = {f.resolve() for f in files if f.is_file()} | {(root / rel).resolve()}
                 else:
                     loaded[rel] = {f.resolve() for f in (local_file(root, base, u) for u in local) if f}
+                for p in page.evaluate(EXPLORER_JS):  # on every page that has explorers
+                    problems.append(f"{rel}: {p}")
                 for t in info["untypeset"]:
                     problems.append(f"{rel}: untypeset math {t!r}")
                 for t in info["mathErrors"]:
