@@ -40,3 +40,25 @@ def hessian_vector_product_and_finite_difference(norm: str, mode: str = "train")
 @pytest.fixture
 def hvp_and_finite_difference():
     return hessian_vector_product_and_finite_difference
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tiny products (extra threads only add contention)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bn_case():
+    """A small BatchNorm network, a batch, its Hessian operator (train mode) and the exact Hessian."""
+    from hessian_problems import batch, bn_net, exact_bn
+
+    from normlib.hessian import HessianOperator
+
+    net = bn_net()
+    x, y = batch()
+    op = HessianOperator(net, nn.CrossEntropyLoss(), (x, y), mode="train")
+    return net, x, y, op, exact_bn(net, x, y, training=True)
