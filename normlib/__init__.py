@@ -24,10 +24,10 @@ Supporting modules: ``normlib.registry`` (``create_norm(name, num_features)`` bu
 normalizer by name), ``normlib.models`` (MLP, VGG-style CNN, CIFAR ResNet with a pluggable
 normalizer), ``normlib.data`` (embedded datasets, on-disk CIFAR), ``normlib.device`` (device and
 size preset), ``normlib.cli`` (the commands of ``python -m normlib``), ``normlib.plotting``,
-``normlib.widgets`` and ``normlib.explorer`` (figures and explorers, for the chapters only). Two internal modules serve every other one:
-``normlib._checks`` (argument checks: one message format, ``ValueError`` for a bad value,
-``TypeError`` for a bad type) and ``normlib._state`` (tools leave a user's model as they found
-it).
+``normlib.widgets`` and ``normlib.explorer`` (figures and explorers, for the chapters only).
+Two internal modules serve every other one: ``normlib._checks`` (argument checks: one message
+format, ``ValueError`` for a bad value, ``TypeError`` for a bad type) and ``normlib._state``
+(tools leave a user's model as they found it).
 
 Imports flow one way, and a test reads the import graph to keep it so (no module imports
 another that imports it back)::
