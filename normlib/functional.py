@@ -44,6 +44,7 @@ from normlib._checks import (
     check_positive_float,
     check_positive_int,
     check_tensor,
+    is_int,
 )
 from normlib.framework import (
     BATCH,
@@ -220,7 +221,7 @@ def _check_window(value, name: str) -> None:
     """
     values = (value,) if isinstance(value, int) else value
     if (not isinstance(values, Sequence) or isinstance(values, str) or not values
-            or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values)):
+            or any(not is_int(v) or v <= 0 for v in values)):
         raise ValueError(
             f"{name} must be a positive int or a sequence of positive ints (one per spatial "
             f"axis), got {value!r}; use e.g. {name}=3"

@@ -35,6 +35,7 @@ from normlib._checks import (
     check_momentum,
     check_positive_float,
     check_positive_int,
+    is_int,
 )
 from normlib.functional import (
     BACKENDS,
@@ -85,9 +86,7 @@ def resolve_groups(num_features: int, num_groups: int | None, group_size: int | 
             f"group_size={group_size})"
         )
     for name, value in (("num_groups", num_groups), ("group_size", group_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value <= 0):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int(name, value, allow_none=True)
         if value is not None and num_features % value:
             raise ValueError(
                 f"num_features={num_features} is not divisible by {name}={value}; choose a "
@@ -382,10 +381,10 @@ class PopulationNorm(NormLayer):
 
 
 def _trailing_shape(num_features) -> tuple[int, ...] | None:
-    if isinstance(num_features, int) and not isinstance(num_features, bool):
+    if is_int(num_features):
         return None
     if isinstance(num_features, Sequence) and num_features and all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in num_features
+        is_int(s) and s > 0 for s in num_features
     ):
         return tuple(num_features)
     raise ValueError(

@@ -52,7 +52,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from normlib._checks import check_eps, check_module, check_positive_float, check_positive_int, check_str
+from normlib._checks import (
+    check_eps,
+    check_module,
+    check_positive_float,
+    check_positive_int,
+    check_str,
+    is_int,
+)
 from normlib.registry import register_weight_norm
 from normlib.whitening import inverse_sqrt_symmetric
 
@@ -95,7 +102,7 @@ _ORTHO_METHODS = ("eigh", "newton")
 def _check_dim(dim, ndim: int, allow_none: bool) -> int | None:
     if dim is None and allow_none:
         return None
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
+    if not is_int(dim) or not -ndim <= dim < ndim:
         raise ValueError(
             f"dim must be an int in [-{ndim}, {ndim - 1}] for a {ndim}-dim weight"
             + (" or None (the whole tensor)" if allow_none else "")

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from normlib._checks import check_bool, check_int, check_nonnegative_float
+from normlib._checks import check_bool, check_int, check_nonnegative_float, is_int
 
 __all__ = [
     "BN_GRADIENT_EXPLOSION_LIMIT",
@@ -515,7 +515,7 @@ def relu_resnet_moments(
     """
     if branch not in RESNET_BRANCHES:
         raise ValueError(f"branch must be one of {RESNET_BRANCHES}, got {branch!r}")
-    if isinstance(blocks_per_stage, (int, np.integer)) and not isinstance(blocks_per_stage, bool):
+    if is_int(blocks_per_stage):
         stages = [check_int("blocks_per_stage", blocks_per_stage, minimum=1)] * check_int(
             "num_stages", num_stages, minimum=1)
     elif isinstance(blocks_per_stage, Sequence) and blocks_per_stage:
