@@ -1,8 +1,8 @@
 """The gap between training and inference outputs of a batch normalizer.
 
-:func:`train_inference_discrepancy` compares a layer's training output (batch statistics), its
-evaluation output (running statistics) and the output with the population statistics of the
-data.
+:func:`~normlib.analysis.train_inference_discrepancy` compares a layer's training output (batch
+statistics), its evaluation output (running statistics) and the output with the population
+statistics of the data.
 
 Chapter: Analysis of normalization (``chapters/analysis.md``, :ref:`chap-analysis`),
 stochasticity.

@@ -1,9 +1,9 @@
 """Which normalizer is invariant to which transformation of weights and data, decided by computing.
 
-:func:`invariance_error` compares a unit's outputs before and after a transformation from
-:data:`TRANSFORMS` (weight rescaling and recentering, row rescaling, data rescaling and
-recentering, single-sample rescaling); :func:`invariance_table` does it for many normalizers
-:cite:p:`ba2016layer`.
+:func:`~normlib.analysis.invariance_error` compares a unit's outputs before and after a
+transformation from :data:`~normlib.analysis.TRANSFORMS` (weight rescaling and recentering, row
+rescaling, data rescaling and recentering, single-sample rescaling);
+:func:`~normlib.analysis.invariance_table` does it for many normalizers :cite:p:`ba2016layer`.
 
 Chapter: Analysis of normalization (``chapters/analysis.md``, :ref:`chap-analysis`), the
 invariance table.

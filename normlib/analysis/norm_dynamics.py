@@ -2,10 +2,12 @@
 
 For a scale-invariant weight :math:`w` the gradient is orthogonal to :math:`w` and shrinks as
 :math:`1/\\|w\\|`, so SGD with learning rate :math:`\\eta` moves the direction like a step of
-:math:`\\eta/\\|w\\|^2` :cite:p:`van2017l2,hoffer2018norm`. :func:`scale_invariant_parameters`
-finds such weights, :func:`sgd_norm_dynamics` records norms, effective learning rates and
-angular updates during SGD, :func:`equilibrium_angular_update` and :func:`equilibrium_norm` give
-the values weight decay settles to :cite:p:`wan2021spherical`.
+:math:`\\eta/\\|w\\|^2` :cite:p:`van2017l2,hoffer2018norm`.
+:func:`~normlib.analysis.scale_invariant_parameters` finds such weights,
+:func:`~normlib.analysis.sgd_norm_dynamics` records norms, effective learning rates and angular
+updates during SGD, :func:`~normlib.analysis.equilibrium_angular_update` and
+:func:`~normlib.analysis.equilibrium_norm` give the values weight decay settles to
+:cite:p:`wan2021spherical`.
 
 Chapter: Analysis of normalization (``chapters/analysis.md``, :ref:`chap-analysis`), effective
 learning rate.

@@ -1,9 +1,10 @@
 """Scale dynamics: how rescaling each layer's weights changes inputs, output gradients and weight gradients.
 
-:func:`scale_dynamics` rescales the weights of a network layer by layer
+:func:`~normlib.analysis.scale_dynamics` rescales the weights of a network layer by layer
 (:math:`W_k \\to \\alpha_k W_k`) and measures the change of every layer's input, output gradient
-and weight gradient; :func:`predicted_scale_dynamics` gives the products of :math:`\\alpha` that
-theory predicts, with and without a normalizer after each layer :cite:p:`huang2023normalization`.
+and weight gradient; :func:`~normlib.analysis.predicted_scale_dynamics` gives the products of
+:math:`\\alpha` that theory predicts, with and without a normalizer after each layer
+:cite:p:`huang2023normalization`.
 
 Chapter: Analysis of normalization (``chapters/analysis.md``, :ref:`chap-analysis`), scale
 invariance.

@@ -1,10 +1,11 @@
 """Stochasticity of batch normalization: the stochastic normalization disturbance (SND).
 
 In training a sample is normalized with the statistics of the random batch it arrives in.
-:func:`normalize_in_batches` draws such batches, :func:`empirical_snd` measures how far a
-sample's outputs spread, :func:`stochastic_normalization_disturbance` and :func:`snd_sweep` do it
-for batch normalization and the whitening methods over batch sizes
-:cite:p:`huang2020investigation`.
+:func:`~normlib.analysis.normalize_in_batches` draws such batches,
+:func:`~normlib.analysis.empirical_snd` measures how far a sample's outputs spread,
+:func:`~normlib.analysis.stochastic_normalization_disturbance` and
+:func:`~normlib.analysis.snd_sweep` do it for batch normalization and the whitening methods over
+batch sizes :cite:p:`huang2020investigation`.
 
 Chapter: Analysis of normalization (``chapters/analysis.md``, :ref:`chap-analysis`),
 stochasticity.

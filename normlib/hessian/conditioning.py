@@ -1,11 +1,11 @@
 """What the Hessian says about training: condition numbers, learning-rate thresholds, Kronecker factors.
 
-:func:`condition_number` and :func:`learning_rate_thresholds` (the optimal step
-:math:`1/\\lambda_{\\max}` along the sharpest direction and the divergence threshold
-:math:`2/\\lambda_{\\max}`); :func:`layer_second_moments`, the per-layer second moments of inputs
-and output gradients, the Kronecker factors of a layer's curvature block
-:cite:p:`martens2015optimizing`; :func:`run_sgd`, gradient descent on a copy of a model to test
-the thresholds.
+:func:`~normlib.hessian.condition_number` and :func:`~normlib.hessian.learning_rate_thresholds`
+(the optimal step :math:`1/\\lambda_{\\max}` along the sharpest direction and the divergence
+threshold :math:`2/\\lambda_{\\max}`); :func:`~normlib.hessian.layer_second_moments`, the
+per-layer second moments of inputs and output gradients, the Kronecker factors of a layer's
+curvature block :cite:p:`martens2015optimizing`; :func:`~normlib.hessian.run_sgd`, gradient
+descent on a copy of a model to test the thresholds.
 
 Chapter: Hessian conditioning (``chapters/hessian.md``, :ref:`chap-hessian`).
 """

@@ -1,9 +1,10 @@
 """Extreme eigenpairs of a symmetric operator: Lanczos with full reorthogonalization, power iteration.
 
-:func:`lanczos` runs the Lanczos process and returns the tridiagonal matrix;
-:func:`top_eigenpairs` returns the largest, smallest or largest-magnitude eigenpairs by
-Lanczos (Ritz values of the tridiagonal matrix, ``eigh``) or by power iteration with
-deflation, and warns with :class:`ConvergenceWarning` when the tolerance was not reached.
+:func:`~normlib.hessian.lanczos` runs the Lanczos process and returns the tridiagonal matrix;
+:func:`~normlib.hessian.top_eigenpairs` returns the largest, smallest or largest-magnitude
+eigenpairs by Lanczos (Ritz values of the tridiagonal matrix, ``eigh``) or by power iteration
+with deflation, and warns with :class:`~normlib.hessian.ConvergenceWarning` when the tolerance
+was not reached.
 
 Chapter: Hessian conditioning (``chapters/hessian.md``, :ref:`chap-hessian`): the sharpest
 curvature :math:`\\lambda_{\\max}` and the spectra of deep networks with and without BatchNorm.

@@ -1,9 +1,9 @@
 """Stochastic estimators of a Hessian's spectrum: the trace and the eigenvalue density.
 
-:func:`hessian_trace` is Hutchinson's estimator :math:`\\operatorname{tr} H \\approx \\frac1s
-\\sum_i z_i^\\top H z_i` with its standard error, or Hutch++ :cite:p:`meyer2021hutch`;
-:func:`spectral_density` is stochastic Lanczos quadrature :cite:p:`ghorbani2019investigation`
-smoothed with a Gaussian kernel.
+:func:`~normlib.hessian.hessian_trace` is Hutchinson's estimator :math:`\\operatorname{tr} H
+\\approx \\frac1s \\sum_i z_i^\\top H z_i` with its standard error, or Hutch++
+:cite:p:`meyer2021hutch`; :func:`~normlib.hessian.spectral_density` is stochastic Lanczos
+quadrature :cite:p:`ghorbani2019investigation` smoothed with a Gaussian kernel.
 
 Chapter: Hessian conditioning (``chapters/hessian.md``, :ref:`chap-hessian`): the spectra of
 deep networks with and without BatchNorm.

@@ -1,10 +1,11 @@
 """The Hessian of a model's loss as a linear operator, and the exact matrix for small models.
 
-:class:`HessianOperator` computes products :math:`Hv` (or blocks of them) with
+:class:`~normlib.hessian.HessianOperator` computes products :math:`Hv` (or blocks of them) with
 ``torch.func.functional_call`` on a flat parameter vector, in an explicit BatchNorm mode;
-:func:`hessian_matrix` stacks :math:`He_i`; :func:`preserved_model_state` is the guard every
-tool runs its passes under. The eigen-solvers, estimators and conditioning helpers of
-:mod:`normlib.hessian` are built on this operator.
+:func:`~normlib.hessian.hessian_matrix` stacks :math:`He_i`;
+:func:`~normlib.hessian.preserved_model_state` is the guard every tool runs its passes under.
+The eigen-solvers, estimators and conditioning helpers of :mod:`normlib.hessian` are built on
+this operator.
 
 Chapter: Hessian conditioning (``chapters/hessian.md``, :ref:`chap-hessian`).
 """
