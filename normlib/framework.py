@@ -154,7 +154,7 @@ class Partition:
         """``x: (N, C, *)`` as ``(N, G, C // G, S)`` (a view when ``x`` is contiguous)."""
         n, c = x.shape[:2]
         g = self.groups(c)
-        return x.reshape(n, g, c // g, -1)
+        return x.reshape(n, g, c // g, math.prod(x.shape[2:]))
 
     def count(self, view_shape: torch.Size) -> int:
         """The number of elements that share one statistic."""
@@ -285,7 +285,7 @@ class RegionPartition:
 
     def view(self, x: Tensor) -> Tensor:
         n, c = x.shape[:2]
-        return x.reshape(n, c, 1, -1)
+        return x.reshape(n, c, 1, math.prod(x.shape[2:]))
 
     def count(self, view_shape: torch.Size) -> int:
         raise ValueError("region statistics vary in size per sample; they have no running estimate")

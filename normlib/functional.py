@@ -1233,5 +1233,5 @@ def local_context_norm(
     out = out.reshape(x.shape)
     affine = _affine(weight, bias)
     if affine is not None:
-        out = affine(out.reshape(x.shape[0], c, 1, -1), INSTANCE).reshape(x.shape)
+        out = affine(out.reshape(x.shape[0], c, 1, math.prod(x.shape[2:])), INSTANCE).reshape(x.shape)
     return out.to(x.dtype)

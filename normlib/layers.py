@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -99,6 +100,32 @@ def _check_positive_int(value, name: str) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def _guard_forward(forward):
+    """Wrap a normalizer's ``forward``: empty batches, and no trace of a batch that raised.
+
+    An empty batch returns an empty output (see :meth:`NormLayer._empty_output`). A forward
+    that raises leaves the batch counter where it was (statistics are only written once a
+    batch has been accepted), so a rejected batch does not mis-weight a cumulative average.
+    """
+
+    @functools.wraps(forward)
+    def guarded(self, x, *args, **kwargs):
+        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == 0:
+            return self._empty_output(x)
+        counter = getattr(self, "num_batches_tracked", None)
+        saved = counter.clone() if isinstance(counter, Tensor) and self.training else None
+        try:
+            return forward(self, x, *args, **kwargs)
+        except BaseException:
+            if saved is not None:
+                with torch.no_grad():
+                    counter.copy_(saved)
+            raise
+
+    guarded._normlib_guarded = True
+    return guarded
+
+
 class NormLayer(nn.Module):
     """Base of the normalization layers: argument checks, affine parameters, running statistics.
 
@@ -119,6 +146,28 @@ class NormLayer(nn.Module):
         device: factory argument.
         dtype: factory argument.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        """Every subclass's ``forward`` is guarded by :meth:`_guarded_forward`."""
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is not None and not getattr(forward, "_normlib_guarded", False):
+            cls.forward = _guard_forward(forward)
+
+    def _empty_output(self, x: Tensor) -> Tensor:
+        """The output for an empty batch (``N = 0``): an empty tensor of the input's shape.
+
+        As torch's layers do; the shape is still checked, and no statistic or counter moves
+        (torch's BatchNorm counts an empty batch; a cumulative average would then be mis-weighted).
+        """
+        shape = getattr(self, "normalized_shape", None)
+        if shape is not None:
+            if tuple(x.shape[-len(shape):]) != tuple(shape):
+                raise ValueError(f"x has shape {tuple(x.shape)}, whose trailing dimensions must be "
+                                 f"the layer's normalized_shape {tuple(shape)}")
+        else:
+            check_input(x, num_features=self.num_features)
+        return x.clone()
 
     running_keys: tuple[str, ...] = ()
     # Statistics pooled over the batch, so training (and evaluation without running
