@@ -574,7 +574,7 @@ def rms_norm(
     x: Tensor,
     normalized_shape: int | Sequence[int] | None = None,
     weight: Tensor | None = None,
-    eps: float = 1e-5,
+    eps: float | None = None,
     backend: str = "auto",
 ) -> Tensor:
     """RMSNorm (Zhang and Sennrich, 2019): divide by the root mean square, no centering.
@@ -589,7 +589,8 @@ def rms_norm(
         x: ``(N, C, *)`` or ``(*, *normalized_shape)``.
         normalized_shape: ``None`` or the trailing shape to normalize over.
         weight: ``(C,)`` or ``normalized_shape`` or ``None``.
-        eps: added to the mean square.
+        eps: added to the mean square; ``None`` (the default, as in ``torch.nn.RMSNorm``)
+            for the machine epsilon of ``x``'s dtype, ``torch.finfo(x.dtype).eps``.
         backend: ``"auto"`` (torch's kernel) or ``"framework"``.
 
     Returns:
@@ -600,6 +601,8 @@ def rms_norm(
         >>> bool(torch.allclose(y.pow(2).mean(1), torch.ones(2), atol=1e-4))
         True
     """
+    if eps is None and isinstance(x, Tensor) and x.is_floating_point():
+        eps = torch.finfo(x.dtype).eps
     _check_eps(eps)
     _check_backend(backend)
     op = Standardize(eps, center=False)

@@ -506,7 +506,8 @@ class RMSNorm(NormLayer):
 
     Args:
         num_features: ``C``, or the trailing shape.
-        eps: added to the mean square.
+        eps: added to the mean square; ``None`` (default, as ``torch.nn.RMSNorm``) for
+            ``torch.finfo(x.dtype).eps``.
         affine: learn the gain ``weight``.
         backend: ``"auto"`` (torch's kernel) or ``"framework"``.
         device: factory argument.
@@ -517,11 +518,12 @@ class RMSNorm(NormLayer):
         torch.Size([3, 8])
     """
 
-    def __init__(self, num_features: int | tuple[int, ...], eps: float = 1e-5,
+    def __init__(self, num_features: int | tuple[int, ...], eps: float | None = None,
                  affine: bool = True, backend: str = "auto", device=None, dtype=None):
         self.normalized_shape = _trailing_shape(num_features)
-        super().__init__(num_features, eps, None, affine, bias=False,
+        super().__init__(num_features, 1e-5 if eps is None else eps, None, affine, bias=False,
                          param_shape=self.normalized_shape, device=device, dtype=dtype)
+        self.eps = eps  # None: the input dtype's machine epsilon, as torch.nn.RMSNorm
         self.backend = _check_backend(backend)
 
     def _check(self, x: Tensor) -> None:
