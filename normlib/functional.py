@@ -685,8 +685,8 @@ def instance_norm(
     spatial = x.numel() // max(x.shape[0] * c, 1)
     if backend == "auto":
         xc = _torch_ready(x, weight, bias, running_mean, running_var)
-        if xc is not None and not has_running and _torch_group_norm_accepts(x, c):
-            return F.group_norm(xc, c, weight, bias, eps).to(x.dtype)
+        # torch's own instance-norm kernel (not group_norm with G = C, whose one-pass variance
+        # loses accuracy at large offsets and overflows sooner): equal to torch.nn.InstanceNorm.
         if xc is not None and spatial > 1:
             out = F.instance_norm(
                 xc, running_mean, running_var, weight, bias, use_batch, momentum, eps
