@@ -324,26 +324,36 @@ class GradientTransform(Optimizer):
         raise NotImplementedError
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None):
-        """Transform every gradient in place, then take the wrapped optimizer's step.
-
-        Args:
-            closure: re-evaluates the model and returns the loss (called once).
-
-        Returns:
-            The closure's loss, or ``None``.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _transform_grads(self) -> None:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     grad = _dense_grad(p, type(self).__name__)
                     grad.copy_(self.transform(grad, group))
-        self.optimizer.step()
-        return loss
+
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Transform every gradient in place, then take the wrapped optimizer's step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss. It is handed on to the
+                wrapped optimizer (wrapped so that every evaluation's gradients are
+                transformed), so optimizers that evaluate it several times per step, such as
+                ``torch.optim.LBFGS``, work as they do unwrapped.
+
+        Returns:
+            What the wrapped optimizer's step returns (the closure's loss, or ``None``).
+        """
+        if closure is None:
+            self._transform_grads()
+            return self.optimizer.step()
+
+        def transformed_closure():
+            with torch.enable_grad():
+                loss = closure()
+            self._transform_grads()
+            return loss
+
+        return self.optimizer.step(transformed_closure)
 
     def __repr__(self) -> str:
         own = ", ".join(f"{k}={self.param_groups[0][k]}" for k in self._own_defaults)
