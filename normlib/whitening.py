@@ -50,7 +50,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 
 import torch

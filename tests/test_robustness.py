@@ -318,6 +318,8 @@ def test_relative_updates_restores_mode_grads_and_keeps_scheduler_and_wrapper_in
     assert not model.training
     assert all(p.grad is grads[n] and float(p.grad.abs().max()) == 0 for n, p in model.named_parameters())
     assert inner.state == {} or all(not st for st in inner.state.values())
+    assert not getattr(inner, "_opt_called", False)  # the undone step is not counted
+    opt.step(closure)
     sched.step()  # the scheduler still drives the wrapped optimizer's groups
     assert inner.param_groups[0]["lr"] == pytest.approx(0.05)
     assert opt.param_groups[0] is inner.param_groups[0]
