@@ -429,8 +429,20 @@ def update_running(
             buf = running.get(key)
             if buf is None:
                 continue
-            value = operation.running_value(key, stats[key].detach(), count)
-            buf.lerp_(value.to(buf.dtype).reshape(buf.shape), momentum)
+            value = operation.running_value(key, stats[key].detach(), count).reshape(buf.shape)
+            if buf.dtype in (torch.float16, torch.bfloat16):
+                # Average in float32, and refuse (before writing) an estimate the buffer cannot
+                # hold: float16 overflows at 65504, and inf would turn into NaN at the next update.
+                new = buf.float().lerp(value.float(), momentum)
+                if not bool(torch.isfinite(new).all()) and bool(torch.isfinite(value).all()):
+                    raise ValueError(
+                        f"the running {key} ({float(new.abs().max()):.4g} at most) overflows the "
+                        f"layer's {buf.dtype} buffers (largest value {torch.finfo(buf.dtype).max:.6g}): "
+                        "keep normalization layers in float32 (torch.autocast runs them so) or "
+                        "rescale the input")
+                buf.copy_(new)
+            else:
+                buf.lerp_(value.to(buf.dtype), momentum)
 
 
 def normalize(

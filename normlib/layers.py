@@ -217,6 +217,17 @@ class NormLayer(nn.Module):
         )
         self.reset_parameters()
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # As torch's BatchNorm: checkpoints written before the batch counter existed have no
+        # ``num_batches_tracked``; they load with the layer's current count.
+        key = prefix + "num_batches_tracked"
+        if self.num_batches_tracked is not None and key not in state_dict and any(
+                k.startswith(prefix + "running_") for k in state_dict):
+            state_dict[key] = self.num_batches_tracked.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, batch counter 0."""
         if self.running_mean is not None:

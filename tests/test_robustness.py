@@ -235,18 +235,25 @@ def test_instance_norm_float64_finite_where_torch_is():
 
 
 def test_old_batchnorm_checkpoint_without_counter_loads():
-    bn = create_norm("bn", C)
-    state = nn.BatchNorm2d(C).state_dict()
-    del state["num_batches_tracked"]
-    bn.load_state_dict(state)
+    state = {k: v for k, v in nn.BatchNorm2d(C).state_dict().items() if k != "num_batches_tracked"}
     ref = nn.BatchNorm2d(C)
-    ref.load_state_dict(state)
+    ref.load_state_dict(state)  # a plain dict, as an old checkpoint: no version metadata
+    bn = create_norm("bn", C)
+    bn.load_state_dict(state)
+    assert int(bn.num_batches_tracked) == int(ref.num_batches_tracked) == 0
+    with pytest.raises(RuntimeError, match="running_var"):  # a really missing buffer still fails
+        bn.load_state_dict({k: v for k, v in state.items() if k != "running_var"})
 
 
-def test_population_norm_float16_running_variance_does_not_overflow():
+def test_float16_running_statistics_never_turn_into_nan():
     m = create_norm("population", C, dtype=torch.float16).train()
-    for _ in range(3):
-        m((_input(n=16) * 300).half())
+    m((_input(n=16) * 30).half())  # variance 900: fits float16
+    assert torch.isfinite(m.running_var).all()
+    before = _state(m)
+    with pytest.raises(ValueError, match="running var .* overflows .*float16"):
+        m((_input(n=16) * 1000).half())  # variance 1e6: the average exceeds 65504, refused
+    assert _same_state(m, before) == []
+    m((_input(n=16) * 30).half())
     assert torch.isfinite(m.running_var).all()
 
 
