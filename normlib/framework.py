@@ -434,7 +434,7 @@ def update_running(
                 # Average in float32, and refuse (before writing) an estimate the buffer cannot
                 # hold: float16 overflows at 65504, and inf would turn into NaN at the next update.
                 new = buf.float().lerp(value.float(), momentum)
-                if not bool(torch.isfinite(new).all()) and bool(torch.isfinite(value).all()):
+                if bool(torch.isfinite(value).all()) and float(new.abs().max()) > torch.finfo(buf.dtype).max:
                     raise ValueError(
                         f"the running {key} ({float(new.abs().max()):.4g} at most) overflows the "
                         f"layer's {buf.dtype} buffers (largest value {torch.finfo(buf.dtype).max:.6g}): "
