@@ -425,24 +425,31 @@ def update_running(
 ) -> None:
     """In place: ``running[k] = (1 - momentum) * running[k] + momentum * value_k`` (no gradient)."""
     with torch.no_grad():
+        updates = []
         for key in operation.keys:
             buf = running.get(key)
             if buf is None:
                 continue
             value = operation.running_value(key, stats[key].detach(), count).reshape(buf.shape)
             if buf.dtype in (torch.float16, torch.bfloat16):
-                # Average in float32, and refuse (before writing) an estimate the buffer cannot
-                # hold: float16 overflows at 65504, and inf would turn into NaN at the next update.
+                # Average in float32, and refuse (before any buffer is written) an estimate the
+                # buffer cannot hold: float16 overflows at 65504, and inf turns into NaN later.
                 new = buf.float().lerp(value.float(), momentum)
-                if bool(torch.isfinite(value).all()) and float(new.abs().max()) > torch.finfo(buf.dtype).max:
+                limit = torch.finfo(buf.dtype).max
+                if bool(torch.isfinite(value).all()) and float(new.abs().max()) > limit:
                     raise ValueError(
                         f"the running {key} ({float(new.abs().max()):.4g} at most) overflows the "
-                        f"layer's {buf.dtype} buffers (largest value {torch.finfo(buf.dtype).max:.6g}): "
-                        "keep normalization layers in float32 (torch.autocast runs them so) or "
-                        "rescale the input")
-                buf.copy_(new)
+                        f"layer's {buf.dtype} buffers (largest value {limit:.6g}): keep "
+                        "normalization layers in float32 (torch.autocast runs them so) or rescale "
+                        "the input")
+                updates.append((buf, new, None))
             else:
-                buf.lerp_(value.to(buf.dtype), momentum)
+                updates.append((buf, value, momentum))
+        for buf, value, weight in updates:
+            if weight is None:
+                buf.copy_(value)
+            else:
+                buf.lerp_(value.to(buf.dtype), weight)
 
 
 def normalize(
