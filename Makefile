@@ -15,7 +15,7 @@ LIB_HASH = $(shell cat pyproject.toml constraints.txt $$(find normlib -name '*.p
 export NORMLIB_CACHE_DIR ?= $(CURDIR)/.normlib-cache
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test unit build-strict site-check notebooks clean venv lint cache-key
+.PHONY: book test unit visible-cells build-strict site-check notebooks lab clean venv lint cache-key
 
 venv: $(STAMP)
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@# torch first and pinned, so that no later package pulls in another torch build as a dependency.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	@# Every other package at the exact version of constraints.txt: the same environment on every machine.
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[book,test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[book,test,lab]"
 	@touch $(STAMP)
 
 # Drop the build (and its execution cache) when the library changed.
@@ -41,19 +41,28 @@ book: cache-key
 	@echo
 	@echo "The book is at file://$(CURDIR)/$(BUILD)/html/index.html"
 
+# Unit, property and doctests; the visible-cells and browser tests run in their own steps.
 unit: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not visible_cells and not site_check"
+
+# Every chapter's visible code, in order, in a fresh kernel at the small size:
+# a reader who copies it reproduces every visible output.
+visible-cells: $(STAMP)
+	$(BIN)/python -m pytest -m visible_cells tests/test_visible_cells.py
 
 # Warnings are errors, missing references are errors, a failing cell fails it.
 build-strict: cache-key
 	$(JB) build --all -W -n --keep-going .
 
+# The browser check's own tests (a small site that breaks every rule), then the check.
 site-check: $(STAMP)
+	$(BIN)/python -m pytest -m site_check tests/test_check_site.py
 	$(BIN)/python tests/check_site.py $(BUILD)/html
 
 # In this order even under `make -j`: the browser check reads the strict build's output.
 test: $(STAMP)
 	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory visible-cells
 	$(MAKE) --no-print-directory build-strict
 	$(MAKE) --no-print-directory site-check
 
@@ -64,7 +73,16 @@ notebooks: $(STAMP)
 	@mkdir -p notebooks
 	for f in chapters/*.md; do \
 	  $(BIN)/jupytext --to ipynb --output notebooks/$$(basename $${f%.md}).ipynb $$f; done
-	@echo "Notebooks are in $(CURDIR)/notebooks (open them with a Jupyter that sees $(VENV))."
+	@echo "Notebooks are in $(CURDIR)/notebooks (make lab opens them in JupyterLab)."
+
+# JupyterLab from the project's own environment: its kernel runs .venv's Python,
+# ipywidgets' front end (jupyterlab_widgets) is pinned with it. LAB_ARGS are passed
+# on, e.g. `make lab LAB_ARGS="--no-browser --port 8890"`.
+# JupyterLab refuses to run as root unless told (containers often run as root).
+LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+lab: notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 clean:
 	rm -rf $(BUILD) notebooks .pytest_cache .hypothesis $(NORMLIB_CACHE_DIR)

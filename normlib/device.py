@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from normlib._checks import check_nonnegative_int
+
 __all__ = ["default_device", "size_preset", "pick", "seed_everything", "SIZES"]
 
 SIZES = ("small", "full")
@@ -89,8 +91,7 @@ def pick(small: Any, full: Any) -> Any:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU ``torch.Generator`` seeded the same way."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_nonnegative_int("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

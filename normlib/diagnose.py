@@ -49,7 +49,6 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
@@ -57,7 +56,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from normlib.__main__ import command
+from normlib._checks import argument_error, check_positive_float, is_real
+from normlib.cli import command
 from normlib.propagation import probe
 
 __all__ = [
@@ -116,8 +116,7 @@ class Thresholds:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{f.name} must be a positive number, got {value!r}")
+            check_positive_float(f.name, value)
         if self.degenerate_ratio > self.vanishing_ratio:
             raise ValueError(f"degenerate_ratio={self.degenerate_ratio} exceeds "
                              f"vanishing_ratio={self.vanishing_ratio}")
@@ -266,8 +265,8 @@ def _checked_metrics(metrics) -> dict[str, float]:
     out = {}
     for k in (*_METRICS, "gradient_of_activations"):
         value = metrics.get(k, 0.0)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"metrics[{k!r}] must be a number, got {value!r}")
+        if not is_real(value):  # NaN and inf are kept: they are judged failures below
+            raise argument_error(TypeError, f"metrics[{k!r}]", "a number", value)
         out[k] = float(value)
     return out
 
@@ -483,7 +482,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     if len(xs) != len(ys):
         raise ValueError(f"x and y must have the same length, got {len(xs)} and {len(ys)}")
     if len(xs) < 3:
-        raise ValueError(f"need at least 3 pairs for a rank correlation, got {len(xs)}")
+        raise ValueError(f"x and y need at least 3 pairs for a rank correlation, got {len(xs)}")
     if any(math.isnan(v) for v in xs + ys):
         raise ValueError("x and y must not contain NaN; drop those pairs first")
     rx, ry = _average_ranks(xs), _average_ranks(ys)

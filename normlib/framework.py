@@ -60,6 +60,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from normlib._checks import check_eps, check_positive_int
+
 __all__ = [
     "Partition",
     "BATCH",
@@ -124,11 +126,8 @@ class Partition:
     num_groups: int | None = None
 
     def __post_init__(self):
-        g = self.num_groups
-        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g <= 0):
-            raise ValueError(
-                f"num_groups must be a positive int or None (one group per channel), got {g!r}"
-            )
+        check_positive_int("num_groups", self.num_groups, allow_none=True,
+                           meaning="None: one group per channel")
 
     def groups(self, num_channels: int) -> int:
         """The number of channel groups ``G`` for ``num_channels`` channels.
@@ -255,12 +254,8 @@ class RegionPartition:
                 f"regions must be an integer or boolean label tensor, got dtype {regions.dtype}; "
                 "convert a 0/1 mask with mask.bool()"
             )
-        if num_regions is not None and (isinstance(num_regions, bool)
-                                        or not isinstance(num_regions, int) or num_regions <= 0):
-            raise ValueError(
-                f"num_regions must be a positive int or None (inferred from the labels), "
-                f"got {num_regions!r}"
-            )
+        check_positive_int("num_regions", num_regions, allow_none=True,
+                           meaning="None: inferred from the labels")
         labels = regions.reshape(regions.shape[0], -1).long()
         if labels.numel() and int(labels.min()) < 0:
             raise ValueError(
@@ -365,8 +360,7 @@ class Standardize(Operation):
     def __post_init__(self):
         if not (self.center or self.scale):
             raise ValueError("Standardize needs center=True or scale=True (otherwise it is identity)")
-        if not isinstance(self.eps, (int, float)) or not self.eps > 0:
-            raise ValueError(f"eps must be a positive float, got {self.eps!r}; use e.g. 1e-5")
+        check_eps(self.eps)
 
     @property
     def keys(self) -> tuple[str, ...]:  # type: ignore[override]

@@ -36,6 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normlib._checks import (
+    check_choice,
+    check_eps,
+    check_momentum,
+    check_per_channel,
+    check_positive_float,
+    check_positive_int,
+)
 from normlib.framework import (
     BATCH,
     BATCH_GROUP,
@@ -119,38 +127,51 @@ def check_input(x, *, num_features: int | None = None, name: str = "x", min_dim:
         )
 
 
-def _check_per_channel(t, name: str, num_channels: int) -> None:
-    if t is None:
-        return
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-    if t.shape != (num_channels,):
-        raise ValueError(
-            f"{name} must have shape ({num_channels},) (one entry per channel), "
-            f"got {tuple(t.shape)}"
-        )
+_SKIP = object()
 
 
-def _check_eps(eps) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive float, got {eps!r}; use e.g. 1e-5")
+def _check_arguments(
+    x,
+    *,
+    min_dim: int = 2,
+    num_groups=None,
+    per_channel: dict[str, Tensor | None] | None = None,
+    running: dict[str, Tensor | None] | None = None,
+    running_size: int | tuple[int, ...] | None = None,
+    running_meaning: str | None = None,
+    eps=_SKIP,
+    momentum=_SKIP,
+    backend=_SKIP,
+) -> int:
+    """The checks every functional normalizer starts with; returns the channel count ``C``.
 
-
-def _check_momentum(momentum) -> None:
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a float in [0, 1], got {momentum!r}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-
-
-def _check_backend(backend) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    ``x`` must be a floating ``(N, C, *)`` tensor; ``num_groups`` (if given) must divide ``C``;
+    each ``per_channel`` tensor (weight, bias, ...) is ``None`` or ``(C,)``; each ``running``
+    buffer is ``None`` or of shape ``running_size`` (an int ``n`` means ``(n,)``; default ``(C,)``),
+    described by ``running_meaning`` in the message; ``eps`` is a finite positive float,
+    ``momentum`` a float in ``[0, 1]``, ``backend`` one of :data:`BACKENDS` (each checked when
+    passed). Whitening and multi-mode normalizers use it too, so that one argument gets one
+    message everywhere.
+    """
+    check_input(x, min_dim=min_dim)
+    c = x.shape[1]
+    if num_groups is not None:
+        _check_groups(num_groups, c)
+    for name, t in (per_channel or {}).items():
+        check_per_channel(name, t, c)
+    for name, t in (running or {}).items():
+        check_per_channel(name, t, c if running_size is None else running_size, meaning=running_meaning)
+    if eps is not _SKIP:
+        check_eps(eps)
+    if momentum is not _SKIP:
+        check_momentum(momentum, allow_none=False)
+    if backend is not _SKIP:
+        check_choice("backend", backend, BACKENDS)
+    return c
 
 
 def _check_groups(num_groups, num_channels: int, name: str = "num_groups") -> None:
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
-        raise ValueError(f"{name} must be a positive int, got {num_groups!r}")
+    check_positive_int(name, num_groups)
     if num_channels % num_groups:
         raise ValueError(
             f"{num_channels} channels are not divisible by {name}={num_groups}; choose a divisor "
@@ -191,17 +212,6 @@ def _check_instance_count(x: Tensor, what: str) -> None:
         )
 
 
-def _check_positive_number(value, name: str) -> None:
-    """A positive finite real (``sigma`` and the like); not a bool."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{name} must be a positive float, got {value!r} of type {type(value).__name__}; "
-            f"pass a number, e.g. {name}=1.0"
-        )
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite float, got {value!r}; use e.g. 1.0")
-
-
 def _check_window(value, name: str) -> None:
     """A window size: a positive int, or a non-empty sequence of positive ints (one per axis).
 
@@ -214,15 +224,6 @@ def _check_window(value, name: str) -> None:
             f"{name} must be a positive int or a sequence of positive ints (one per spatial "
             f"axis), got {value!r}; use e.g. {name}=3"
         )
-
-
-def _check_running(running: Tensor | None, name: str, size: int) -> None:
-    if running is None:
-        return
-    if not isinstance(running, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(running).__name__}")
-    if running.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {tuple(running.shape)}")
 
 
 def default_num_groups(num_channels: int, num_groups: int = 32) -> int:
@@ -302,15 +303,14 @@ def batch_norm(
         >>> y.mean(dim=(0, 2, 3)).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    c = x.shape[1]
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_mean, "running_mean", c)
-    _check_running(running_var, "running_var", c)
-    _check_eps(eps)
-    _check_momentum(momentum)
-    _check_backend(backend)
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+        backend=backend,
+    )
     use_batch = training or running_mean is None or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // c, x, "batch_norm", training)
@@ -362,15 +362,15 @@ def batch_group_norm(
         >>> batch_group_norm(torch.randn(4, 8, 3, 3), num_groups=2).shape
         torch.Size([4, 8, 3, 3])
     """
-    check_input(x)
-    c = x.shape[1]
-    _check_groups(num_groups, c)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_mean, "running_mean", num_groups)
-    _check_running(running_var, "running_var", num_groups)
-    _check_eps(eps)
-    _check_momentum(momentum)
+    _check_arguments(
+        x,
+        num_groups=num_groups,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        running_size=num_groups,
+        eps=eps,
+        momentum=momentum,
+    )
     use_batch = training or running_mean is None or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // num_groups, x, "batch_group_norm", training)
@@ -413,13 +413,13 @@ def variance_norm(
         >>> bool(torch.allclose((y ** 2).mean(0), torch.ones(3), atol=1e-4))
         True
     """
-    check_input(x)
-    c = x.shape[1]
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_var, "running_var", c)
-    _check_eps(eps)
-    _check_momentum(momentum)
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+    )
     use_batch = training or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // c, x, "variance_norm", training)
@@ -473,16 +473,15 @@ def population_norm(
         >>> bool(torch.allclose(y.mean(0), torch.zeros(2), atol=1e-5))
         True
     """
-    check_input(x)
-    c = x.shape[1]
     if running_mean is None:
         raise ValueError("running_mean is required: population normalization has no batch mode")
-    _check_running(running_mean, "running_mean", c)
-    _check_running(running_var, "running_var", c)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_eps(eps)
-    _check_momentum(momentum)
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+    )
     if training and running_var is not None:
         # One value per channel has no variance: the estimate would be driven toward 0.
         _check_batch_count(x.numel() // c, x, "population_norm")
@@ -547,17 +546,12 @@ def layer_norm(
         >>> y.flatten(1).mean(1).abs().max().item() < 1e-5
         True
     """
-    _check_eps(eps)
-    _check_backend(backend)
     if normalized_shape is None:
-        check_input(x)
-        c = x.shape[1]
-        for t, n in ((weight, "weight"), (bias, "bias")):
-            _check_per_channel(t, n, c)
+        _check_arguments(x, per_channel={"weight": weight, "bias": bias}, eps=eps, backend=backend)
         if backend == "auto" and (xc := _torch_ready(x, weight, bias)) is not None:
             return F.group_norm(xc, 1, weight, bias, eps).to(x.dtype)
         return normalize(x, LAYER, Standardize(eps), _affine(weight, bias))
-    check_input(x, min_dim=1)
+    _check_arguments(x, min_dim=1, eps=eps, backend=backend)
     shape = _normalized_shape(x, normalized_shape)
     for t, n in ((weight, "weight"), (bias, "bias")):
         if t is not None and tuple(t.shape) != shape:
@@ -602,20 +596,18 @@ def rms_norm(
         True
     """
     if eps is None and isinstance(x, Tensor) and x.is_floating_point():
-        eps = torch.finfo(x.dtype).eps
-    _check_eps(eps)
-    _check_backend(backend)
-    op = Standardize(eps, center=False)
+        eps = torch.finfo(x.dtype).eps  # torch.nn.RMSNorm's default
     if normalized_shape is None:
-        check_input(x)
-        _check_per_channel(weight, "weight", x.shape[1])
+        _check_arguments(x, per_channel={"weight": weight}, eps=eps, backend=backend)
+        op = Standardize(eps, center=False)
         if backend == "auto" and (xc := _torch_ready(x, weight)) is not None:
             out = F.rms_norm(xc, xc.shape[1:], None, eps)
             if weight is not None:
                 out = out * weight.reshape((1, -1) + (1,) * (x.dim() - 2))
             return out.to(x.dtype)
         return normalize(x, LAYER, op, _affine(weight, None))
-    check_input(x, min_dim=1)
+    _check_arguments(x, min_dim=1, eps=eps, backend=backend)
+    op = Standardize(eps, center=False)
     shape = _normalized_shape(x, normalized_shape)
     if weight is not None and tuple(weight.shape) != shape:
         raise ValueError(f"weight must have shape {shape}, got {tuple(weight.shape)}")
@@ -669,15 +661,14 @@ def instance_norm(
         >>> y.mean(dim=(2, 3)).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    c = x.shape[1]
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_mean, "running_mean", c)
-    _check_running(running_var, "running_var", c)
-    _check_eps(eps)
-    _check_momentum(momentum)
-    _check_backend(backend)
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+        backend=backend,
+    )
     has_running = running_mean is not None and running_var is not None
     use_batch = use_input_stats or not has_running
     if use_input_stats and (running_mean is not None or running_var is not None):
@@ -687,6 +678,9 @@ def instance_norm(
         xc = _torch_ready(x, weight, bias, running_mean, running_var)
         # torch's own instance-norm kernel (not group_norm with G = C, whose one-pass variance
         # loses accuracy at large offsets and overflows sooner): equal to torch.nn.InstanceNorm.
+        # One value per statistic ((N, C) vectors), which that kernel refuses, goes to group_norm.
+        if xc is not None and spatial == 1 and not has_running and _torch_group_norm_accepts(x, c):
+            return F.group_norm(xc, c, weight, bias, eps).to(x.dtype)
         if xc is not None and spatial > 1:
             out = F.instance_norm(
                 xc, running_mean, running_var, weight, bias, use_batch, momentum, eps
@@ -727,13 +721,13 @@ def group_norm(
         >>> group_norm(torch.randn(2, 4, 3), num_groups=2).shape
         torch.Size([2, 4, 3])
     """
-    check_input(x)
-    c = x.shape[1]
-    _check_groups(num_groups, c)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_eps(eps)
-    _check_backend(backend)
+    _check_arguments(
+        x,
+        num_groups=num_groups,
+        per_channel={"weight": weight, "bias": bias},
+        eps=eps,
+        backend=backend,
+    )
     if (backend == "auto" and _torch_group_norm_accepts(x, num_groups)
             and (xc := _torch_ready(x, weight, bias)) is not None):
         return F.group_norm(xc, num_groups, weight, bias, eps).to(x.dtype)
@@ -772,10 +766,7 @@ def positional_norm(
         >>> y.mean(dim=1).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, x.shape[1])
-    _check_eps(eps)
+    _check_arguments(x, per_channel={"weight": weight, "bias": bias}, eps=eps)
     return normalize(x, POSITIONAL, Standardize(eps), _affine(weight, bias))
 
 
@@ -818,10 +809,7 @@ def region_norm(
         >>> region_norm(x, mask).shape
         torch.Size([2, 3, 4, 4])
     """
-    check_input(x, min_dim=3)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, x.shape[1])
-    _check_eps(eps)
+    _check_arguments(x, min_dim=3, per_channel={"weight": weight, "bias": bias}, eps=eps)
     if not isinstance(regions, Tensor):
         raise TypeError(f"regions must be a torch.Tensor, got {type(regions).__name__}")
     spatial = tuple(x.shape[2:])
@@ -845,8 +833,7 @@ def tlu(x: Tensor, tau: Tensor) -> Tensor:
         >>> tlu(torch.tensor([[-1.0, 2.0]]), torch.tensor([0.0, 3.0])).tolist()
         [[0.0, 3.0]]
     """
-    check_input(x)
-    _check_per_channel(tau, "tau", x.shape[1])
+    _check_arguments(x, per_channel={"tau": tau})
     return torch.maximum(x, tau.to(x.dtype).reshape((1, -1) + (1,) * (x.dim() - 2)))
 
 
@@ -880,9 +867,7 @@ def filter_response_norm(
         >>> bool(torch.allclose(y.pow(2).mean(dim=(2, 3)), torch.ones(2, 3), atol=1e-4))
         True
     """
-    check_input(x)
-    for t, n in ((weight, "weight"), (bias, "bias"), (tau, "tau")):
-        _check_per_channel(t, n, x.shape[1])
+    _check_arguments(x, per_channel={"weight": weight, "bias": bias, "tau": tau})
     if isinstance(eps, Tensor):
         # A learned eps stays in the graph: divide by sqrt(nu2 + |eps|) explicitly.
         xv = INSTANCE.view(x).to(compute_dtype(x.dtype))
@@ -891,7 +876,7 @@ def filter_response_norm(
         affine = _affine(weight, bias)
         out = (affine(out, INSTANCE) if affine else out).reshape(x.shape).to(x.dtype)
     else:
-        _check_eps(eps)
+        check_eps(eps)
         out = normalize(x, INSTANCE, Standardize(eps, center=False), _affine(weight, bias))
     return out if tau is None else tlu(out, tau)
 
@@ -931,13 +916,13 @@ def evonorm_b0(
         >>> evonorm_b0(torch.randn(4, 3, 5, 5), v=torch.ones(3)).shape
         torch.Size([4, 3, 5, 5])
     """
-    check_input(x)
-    c = x.shape[1]
-    for t, n in ((v, "v"), (weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_running(running_var, "running_var", c)
-    _check_eps(eps)
-    _check_momentum(momentum)
+    c = _check_arguments(
+        x,
+        per_channel={"v": v, "weight": weight, "bias": bias},
+        running={"running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+    )
     use_batch = training or running_var is None
     if use_batch:
         _check_batch_count(x.numel() // c, x, "evonorm_b0", training)
@@ -989,12 +974,12 @@ def evonorm_s0(
         >>> evonorm_s0(torch.randn(2, 8, 3, 3), num_groups=4, v=torch.ones(8)).shape
         torch.Size([2, 8, 3, 3])
     """
-    check_input(x)
-    c = x.shape[1]
-    _check_groups(num_groups, c)
-    for t, n in ((v, "v"), (weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_eps(eps)
+    _check_arguments(
+        x,
+        num_groups=num_groups,
+        per_channel={"v": v, "weight": weight, "bias": bias},
+        eps=eps,
+    )
     partition = GROUP(num_groups)
     xv = partition.view(x).to(compute_dtype(x.dtype))
     group_var = Standardize(eps).statistics(xv, partition)["var"]
@@ -1087,8 +1072,7 @@ def local_response_norm(
         torch.Size([2, 6, 4, 4])
     """
     check_input(x)
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    check_positive_int("size", size)
     xc = x.to(compute_dtype(x.dtype))
     sq_sum = _window_sum(xc * xc, 1, _box(size, x.device))
     return (xc / (k + alpha / size * sq_sum) ** beta).to(x.dtype)
@@ -1117,9 +1101,8 @@ def local_contrast_norm(
         >>> local_contrast_norm(torch.randn(2, 3, 16, 16), kernel_size=5).shape
         torch.Size([2, 3, 16, 16])
     """
-    check_input(x)
-    _check_eps(eps)
-    _check_positive_number(sigma, "sigma")
+    _check_arguments(x, eps=eps)
+    check_positive_float("sigma", sigma)
     axes = list(range(2, x.dim()))
     sizes = _as_tuple(kernel_size, len(axes), "kernel_size")
     xc = x.to(compute_dtype(x.dtype))
@@ -1167,10 +1150,8 @@ def divisive_norm(
     check_input(x)
     axes = list(range(2, x.dim()))
     sizes = _as_tuple(spatial_size, len(axes), "spatial_size")
-    if channel_size is not None and (isinstance(channel_size, bool)
-                                     or not isinstance(channel_size, int) or channel_size <= 0):
-        raise ValueError(f"channel_size must be a positive int or None, got {channel_size!r}")
-    _check_positive_number(sigma, "sigma")
+    check_positive_int("channel_size", channel_size, allow_none=True)
+    check_positive_float("sigma", sigma)
     xc = x.to(compute_dtype(x.dtype))
     kernels = [_box(s, x.device) for s in sizes]
 
@@ -1214,12 +1195,7 @@ def local_context_norm(
         >>> local_context_norm(torch.randn(2, 4, 8, 8), num_groups=2, window_size=3).shape
         torch.Size([2, 4, 8, 8])
     """
-    check_input(x)
-    c = x.shape[1]
-    _check_groups(num_groups, c)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
-    _check_eps(eps)
+    c = _check_arguments(x, num_groups=num_groups, per_channel={"weight": weight, "bias": bias}, eps=eps)
     spatial = tuple(x.shape[2:])
     sizes = _as_tuple(window_size, len(spatial), "window_size")
     xc = x.to(compute_dtype(x.dtype))

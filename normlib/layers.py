@@ -30,11 +30,17 @@ import torch
 from torch import Tensor, nn
 
 from normlib import functional as NF
+from normlib._checks import (
+    check_choice,
+    check_eps,
+    check_momentum,
+    check_positive_float,
+    check_positive_int,
+)
 from normlib.functional import (
     BACKENDS,
     _batch_count_message,
     _check_instance_count,
-    _check_positive_number,
     _check_window,
     check_input,
     default_num_groups,
@@ -93,11 +99,6 @@ def resolve_groups(num_features: int, num_groups: int | None, group_size: int | 
     if num_groups is not None:
         return num_groups
     return default_num_groups(num_features)
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _guard_forward(forward):
@@ -190,13 +191,9 @@ class NormLayer(nn.Module):
     ):
         super().__init__()
         if param_shape is None:
-            _check_positive_int(num_features, "num_features")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a positive float, got {eps!r}; use e.g. 1e-5")
-        if momentum is not None and (isinstance(momentum, bool)
-                                     or not isinstance(momentum, (int, float))
-                                     or not 0.0 <= momentum <= 1.0):
-            raise ValueError(f"momentum must be a float in [0, 1] or None, got {momentum!r}")
+            check_positive_int("num_features", num_features)
+        check_eps(eps)
+        check_momentum(momentum)
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -270,12 +267,6 @@ class NormLayer(nn.Module):
         return ", ".join(parts)
 
 
-def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
 # ----------------------------------------------------------------------------- batch family
 
 
@@ -312,7 +303,7 @@ class BatchNorm(NormLayer):
                  device=None, dtype=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
-        self.backend = _check_backend(backend)
+        self.backend = check_choice("backend", backend, BACKENDS)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
@@ -386,7 +377,7 @@ class BatchGroupNorm(NormLayer):
                  group_size: int | None = None, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None):
-        _check_positive_int(num_features, "num_features")
+        check_positive_int("num_features", num_features)
         self.num_groups = resolve_groups(num_features, num_groups, group_size)
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          stats_size=self.num_groups, device=device, dtype=dtype)
@@ -495,7 +486,7 @@ class LayerNorm(NormLayer):
         self.normalized_shape = _trailing_shape(num_features)
         super().__init__(num_features, eps, None, affine, bias=bias,
                          param_shape=self.normalized_shape, device=device, dtype=dtype)
-        self.backend = _check_backend(backend)
+        self.backend = check_choice("backend", backend, BACKENDS)
 
     def _check(self, x: Tensor) -> None:
         if self.normalized_shape is None:
@@ -535,7 +526,7 @@ class RMSNorm(NormLayer):
         super().__init__(num_features, 1e-5 if eps is None else eps, None, affine, bias=False,
                          param_shape=self.normalized_shape, device=device, dtype=dtype)
         self.eps = eps  # None: the input dtype's machine epsilon, as torch.nn.RMSNorm
-        self.backend = _check_backend(backend)
+        self.backend = check_choice("backend", backend, BACKENDS)
 
     def _check(self, x: Tensor) -> None:
         if self.normalized_shape is None:
@@ -578,7 +569,7 @@ class InstanceNorm(NormLayer):
                  backend: str = "auto", device=None, dtype=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
-        self.backend = _check_backend(backend)
+        self.backend = check_choice("backend", backend, BACKENDS)
 
     def _check(self, x: Tensor) -> None:
         super()._check(x)
@@ -619,10 +610,10 @@ class GroupNorm(NormLayer):
     def __init__(self, num_features: int, num_groups: int | None = None,
                  group_size: int | None = None, eps: float = 1e-5, affine: bool = True,
                  backend: str = "auto", device=None, dtype=None):
-        _check_positive_int(num_features, "num_features")
+        check_positive_int("num_features", num_features)
         self.num_groups = resolve_groups(num_features, num_groups, group_size)
         super().__init__(num_features, eps, None, affine, device=device, dtype=dtype)
-        self.backend = _check_backend(backend)
+        self.backend = check_choice("backend", backend, BACKENDS)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
@@ -686,7 +677,7 @@ class RegionNorm(NormLayer):
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True,
                  num_regions: int | None = None, device=None, dtype=None):
         if num_regions is not None:
-            _check_positive_int(num_regions, "num_regions")
+            check_positive_int("num_regions", num_regions)
         super().__init__(num_features, eps, None, affine, device=device, dtype=dtype)
         self.num_regions = num_regions
 
@@ -820,7 +811,7 @@ class EvoNormS0(NormLayer):
     def __init__(self, num_features: int, num_groups: int | None = None,
                  group_size: int | None = None, eps: float = 1e-5, affine: bool = True,
                  device=None, dtype=None):
-        _check_positive_int(num_features, "num_features")
+        check_positive_int("num_features", num_features)
         self.num_groups = resolve_groups(num_features, num_groups, group_size)
         super().__init__(num_features, eps, None, affine, device=device, dtype=dtype)
         self.v = (nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
@@ -864,7 +855,7 @@ class LocalResponseNorm(NormLayer):
 
     def __init__(self, num_features: int, size: int = 5, alpha: float = 1e-4,
                  beta: float = 0.75, k: float = 1.0):
-        _check_positive_int(size, "size")
+        check_positive_int("size", size)
         super().__init__(num_features, 1e-5, None, affine=False)
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
@@ -898,7 +889,7 @@ class LocalContrastNorm(NormLayer):
     def __init__(self, num_features: int, kernel_size: int = 9, sigma: float = 2.0,
                  eps: float = 1e-5):
         _check_window(kernel_size, "kernel_size")
-        _check_positive_number(sigma, "sigma")
+        check_positive_float("sigma", sigma)
         super().__init__(num_features, eps, None, affine=False)
         self.kernel_size, self.sigma = kernel_size, sigma
 
@@ -933,8 +924,8 @@ class DivisiveNorm(NormLayer):
                  channel_size: int | None = None, sigma: float = 1.0, center: bool = True):
         _check_window(spatial_size, "spatial_size")
         if channel_size is not None:
-            _check_positive_int(channel_size, "channel_size")
-        _check_positive_number(sigma, "sigma")
+            check_positive_int("channel_size", channel_size)
+        check_positive_float("sigma", sigma)
         super().__init__(num_features, 1e-5, None, affine=False)
         self.spatial_size, self.channel_size = spatial_size, channel_size
         self.sigma, self.center = sigma, center
@@ -972,7 +963,7 @@ class LocalContextNorm(NormLayer):
     def __init__(self, num_features: int, num_groups: int | None = None,
                  group_size: int | None = None, window_size: int = 7, eps: float = 1e-5,
                  affine: bool = True, device=None, dtype=None):
-        _check_positive_int(num_features, "num_features")
+        check_positive_int("num_features", num_features)
         self.num_groups = resolve_groups(num_features, num_groups, group_size)
         _check_window(window_size, "window_size")
         self.window_size = window_size

@@ -35,6 +35,14 @@ from dataclasses import dataclass
 
 import torch
 
+from normlib._checks import (
+    check_int,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+    check_shape,
+    check_tensor,
+)
 from normlib.whitening import covariance, whitening_matrix
 
 __all__ = [
@@ -126,8 +134,7 @@ def fit_input_transform(x: torch.Tensor, kind: str, eps: float = 1e-8) -> InputT
 def knn_predict(x_train, y_train, x_query, k: int = 5) -> torch.Tensor:
     """Majority vote of the ``k`` nearest training points (Euclidean distance); ties -> smallest label."""
     x_train, x_query = _as_matrix("x_train", x_train), _as_matrix("x_query", x_query)
-    if not isinstance(k, int) or not 1 <= k <= len(x_train):
-        raise ValueError(f"k must be an int in [1, {len(x_train)}], got {k!r}")
+    check_int("k", k, minimum=1, maximum=len(x_train))
     dist = torch.cdist(x_query, x_train)
     idx = dist.topk(k, dim=1, largest=False).indices
     votes = torch.nn.functional.one_hot(y_train[idx], int(y_train.max()) + 1).sum(1)
@@ -147,8 +154,7 @@ def second_moment(x: torch.Tensor) -> torch.Tensor:
 
 def mean_shift_second_moment(d: int, m: float, dtype=torch.float64) -> torch.Tensor:
     """``E[x x^T] = I + m^2 1 1^T`` for ``x ~ N(m 1, I_d)``."""
-    if not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be a positive int, got {d!r}")
+    check_positive_int("d", d)
     one = torch.ones(d, 1, dtype=dtype)
     return torch.eye(d, dtype=dtype) + m**2 * (one @ one.T)
 
@@ -159,8 +165,7 @@ def mean_shift_lambda_max(d: int, m: float) -> float:
     The all-ones direction has eigenvalue ``1 + d m^2``; every direction orthogonal to it
     has eigenvalue 1, so the condition number is also ``1 + d m^2``.
     """
-    if not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be a positive int, got {d!r}")
+    check_positive_int("d", d)
     return 1.0 + d * float(m) ** 2
 
 
@@ -179,6 +184,16 @@ def lr_thresholds(h: torch.Tensor) -> tuple[float, float]:
     return 1.0 / lam, 2.0 / lam
 
 
+def _design(x, y, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``(N, d)`` (with a constant feature 1 appended if ``bias``) and targets ``(N,)``."""
+    x = _as_matrix("x", x)
+    check_tensor("y", y)
+    check_shape("y", y, (len(x),))
+    if bias:
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
+    return x, y.to(x)
+
+
 class LeastSquares:
     """``L(w) = 1/(2N) sum_i (w^T x_i - y_i)^2`` on inputs ``x: (N, d)``, targets ``y: (N,)``.
 
@@ -187,14 +202,9 @@ class LeastSquares:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bias: bool = True):
-        x = _as_matrix("x", x)
-        if y.shape != (len(x),):
-            raise ValueError(f"y must have shape ({len(x)},), got {tuple(y.shape)}")
-        if bias:
-            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
-        self.x, self.y = x, y.to(x)
-        self.hessian = second_moment(x)
-        self.solution = torch.linalg.lstsq(x, self.y.unsqueeze(1)).solution.squeeze(1)
+        self.x, self.y = _design(x, y, bias)
+        self.hessian = second_moment(self.x)
+        self.solution = torch.linalg.lstsq(self.x, self.y.unsqueeze(1)).solution.squeeze(1)
 
     @property
     def dim(self) -> int:
@@ -225,12 +235,7 @@ class LogisticRegression:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bias: bool = True):
-        x = _as_matrix("x", x)
-        if y.shape != (len(x),):
-            raise ValueError(f"y must have shape ({len(x)},), got {tuple(y.shape)}")
-        if bias:
-            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
-        self.x, self.y = x, y.to(x)
+        self.x, self.y = _design(x, y, bias)
 
     @property
     def dim(self) -> int:
@@ -251,10 +256,8 @@ class LogisticRegression:
 
 def gradient_descent(problem, lr: float, steps: int, w0: torch.Tensor | None = None) -> torch.Tensor:
     """Run ``w <- w - lr * grad(w)``; return the trajectory ``(steps + 1, d)`` (row 0 is ``w0``)."""
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    check_positive_float("lr", lr, example=0.1)
+    check_nonnegative_int("steps", steps)
     w = torch.zeros(problem.dim, dtype=problem.x.dtype) if w0 is None else w0.clone()
     path = [w.clone()]
     for _ in range(steps):

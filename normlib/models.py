@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from normlib._checks import check_positive_int
 from normlib.registry import NormSpec, is_weight_norm, norm_factory, weight_transform
 
 __all__ = ["MLP", "VGG", "ResNet", "BasicBlock", "resnet20", "resnet56", "kaiming_init_",
@@ -47,11 +48,6 @@ _ACTIVATIONS = {
     "identity": nn.Identity,
     "linear": nn.Identity,
 }
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _activation(name: str) -> nn.Module:
@@ -146,7 +142,7 @@ class MLP(nn.Module):
         super().__init__()
         for name, value in [("in_features", in_features), ("num_classes", num_classes),
                             ("width", width), ("depth", depth)]:
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         make_norm, transform = _norm_builders(norm, norm_kwargs)
         reparam = _initialized(transform, activation)
         bias = has_activation_norm(norm) is False
@@ -201,7 +197,7 @@ class VGG(nn.Module):
         super().__init__()
         for name, value in [("in_channels", in_channels), ("num_classes", num_classes),
                             ("depth", depth), ("width", width), ("num_stages", num_stages)]:
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         if depth < num_stages:
             raise ValueError(f"depth={depth} must be at least num_stages={num_stages}")
         make_norm, transform = _norm_builders(norm, norm_kwargs)
@@ -290,7 +286,7 @@ class ResNet(nn.Module):
         super().__init__()
         for name, value in [("depth", depth), ("num_classes", num_classes), ("width", width),
                             ("in_channels", in_channels)]:
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, ...), got {depth}")
         n = (depth - 2) // 6

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from normlib._checks import check_per_channel, check_positive_int
 from normlib.framework import BATCH, INSTANCE, LAYER, Affine, Operation, Partition, Standardize, normalize
-from normlib.functional import check_input
+from normlib.functional import _check_arguments
 from normlib.layers import NormLayer
 from normlib.registry import register_norm
 from normlib.whitening import (
@@ -73,25 +74,6 @@ SWITCHABLE_WHITENING_MODES = ("bw", "iw", "bn", "in", "ln")
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_eps(eps) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive float, got {eps!r}; use e.g. 1e-5")
-
-
-def _check_momentum(momentum) -> None:
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
-        raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
-
-
-def _check_per_channel(t, name: str, shape: tuple[int, ...]) -> None:
-    if t is None:
-        return
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-
-
 def _check_mixture(weights, name: str, k: int) -> None:
     if not isinstance(weights, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of {k} mixture weights, got {type(weights).__name__}")
@@ -100,11 +82,6 @@ def _check_mixture(weights, name: str, k: int) -> None:
             f"{name} must have shape ({k},) (one weight per mode), got {tuple(weights.shape)}; "
             "pass softmax(logits)"
         )
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_modes(modes) -> tuple[str, ...]:
@@ -224,18 +201,14 @@ def mode_norm(
         >>> y.mean(dim=(0, 2, 3)).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    n, c = x.shape[:2]
+    c = _check_arguments(x, per_channel={"weight": weight, "bias": bias}, eps=eps, momentum=momentum)
+    n = x.shape[0]
     if not isinstance(gates, Tensor) or gates.dim() != 2 or gates.shape[0] != n:
         shape = tuple(gates.shape) if isinstance(gates, Tensor) else type(gates).__name__
         raise ValueError(f"gates must have shape (N={n}, K), got {shape}")
     k = gates.shape[1]
-    for t, name in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, name, (c,))
-    for t, name in ((running_mean, "running_mean"), (running_var, "running_var")):
-        _check_per_channel(t, name, (k, c))
-    _check_eps(eps)
-    _check_momentum(momentum)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        check_per_channel(name, t, (k, c), meaning="one row per mode")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together or not at all")
     use_batch = training or running_mean is None
@@ -341,15 +314,15 @@ def switchable_norm(
         >>> y.mean(dim=(2, 3)).abs().max().item() < 1e-5
         True
     """
-    check_input(x)
-    c = x.shape[1]
+    _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean, "running_var": running_var},
+        eps=eps,
+        momentum=momentum,
+    )
     _check_mixture(mean_weights, "mean_weights", 3)
     _check_mixture(var_weights, "var_weights", 3)
-    for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
-                    (running_var, "running_var")):
-        _check_per_channel(t, name, (c,))
-    _check_eps(eps)
-    _check_momentum(momentum)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together or not at all")
     use_batch = training or running_mean is None
@@ -485,17 +458,19 @@ def switchable_whitening(
         >>> switchable_whitening(torch.randn(4, 8, 6, 6), w, w, group_size=4).shape
         torch.Size([4, 8, 6, 6])
     """
-    check_input(x)
-    n, c = x.shape[:2]
+    c = _check_arguments(
+        x,
+        per_channel={"weight": weight, "bias": bias},
+        running={"running_mean": running_mean},
+        eps=eps,
+        momentum=momentum,
+    )
+    n = x.shape[0]
     modes = _check_modes(modes)
     _check_mixture(mean_weights, "mean_weights", len(modes))
     _check_mixture(cov_weights, "cov_weights", len(modes))
     g = _check_group_size(group_size, c)
-    for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean")):
-        _check_per_channel(t, name, (c,))
-    _check_per_channel(running_cov, "running_cov", (c // g, g, g))
-    _check_eps(eps)
-    _check_momentum(momentum)
+    check_per_channel("running_cov", running_cov, (c // g, g, g), meaning="one covariance per group")
     if (running_mean is None) != (running_cov is None):
         raise ValueError("running_mean and running_cov must be given together or not at all")
     spatial = x[0, 0].numel()
@@ -547,8 +522,8 @@ class ModeNorm(NormLayer):
     def __init__(self, num_features: int, num_modes: int = 2, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None):
-        _check_positive_int(num_features, "num_features")
-        _check_positive_int(num_modes, "num_modes")
+        check_positive_int("num_features", num_features)
+        check_positive_int("num_modes", num_modes)
         self.num_modes = num_modes
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
@@ -668,7 +643,7 @@ class SwitchableWhitening(NormLayer):
                  modes: tuple[str, ...] = ("bw", "iw"), method: str = "zca", iterations: int = 5,
                  eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None):
-        _check_positive_int(num_features, "num_features")
+        check_positive_int("num_features", num_features)
         self.group_size = _check_group_size(group_size, num_features)
         modes = _check_modes(modes)
         whitening_matrix(torch.eye(1), method, 1.0, iterations)  # validates method and iterations

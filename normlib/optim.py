@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from normlib._checks import check_bool, check_nonnegative_float, check_positive_float, check_probability
+
 __all__ = [
     "centralize_gradient",
     "normalize_gradient",
@@ -59,28 +61,10 @@ __all__ = [
 # --------------------------------------------------------------------------- checks
 
 
-def _check_nonneg(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    return float(value)
-
-
-def _check_positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _check_unit_interval(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _check_betas(betas) -> tuple[float, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    return (_check_unit_interval(betas[0], "betas[0]"), _check_unit_interval(betas[1], "betas[1]"))
+    return tuple(check_probability(f"betas[{i}]", b, high_open=True) for i, b in enumerate(betas))
 
 
 def _dense_grad(p: torch.Tensor, who: str) -> torch.Tensor:
@@ -422,8 +406,7 @@ class GradientCentralization(GradientTransform):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, conv_only: bool = False) -> None:
-        if not isinstance(conv_only, bool):
-            raise TypeError(f"conv_only must be a bool, got {conv_only!r}")
+        check_bool("conv_only", conv_only)
         super().__init__(optimizer, {"centralize_conv_only": conv_only})
 
     def transform(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
@@ -452,7 +435,7 @@ class GradientNormalization(GradientTransform):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, eps: float = 1e-8) -> None:
-        super().__init__(optimizer, {"normalize_eps": _check_nonneg(eps, "eps")})
+        super().__init__(optimizer, {"normalize_eps": check_nonnegative_float("eps", eps)})
 
     def transform(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
         return normalize_gradient(grad, group["normalize_eps"])
@@ -509,11 +492,11 @@ class LARS(Optimizer):
         nesterov: bool = False,
         exclude_vectors: bool = True,
     ) -> None:
-        _check_nonneg(lr, "lr")
-        _check_unit_interval(momentum, "momentum")
-        _check_unit_interval(dampening, "dampening")
-        _check_nonneg(weight_decay, "weight_decay")
-        _check_positive(trust_coefficient, "trust_coefficient")
+        check_nonnegative_float("lr", lr)
+        check_probability("momentum", momentum, high_open=True)
+        check_probability("dampening", dampening, high_open=True)
+        check_nonnegative_float("weight_decay", weight_decay)
+        check_positive_float("trust_coefficient", trust_coefficient)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 f"nesterov=True needs momentum > 0 and dampening = 0, got momentum={momentum}, "
@@ -631,12 +614,12 @@ class LAMB(Optimizer):
         max_weight_norm: float | None = 10.0,
         decoupled_weight_decay: bool = False,
     ) -> None:
-        _check_nonneg(lr, "lr")
+        check_nonnegative_float("lr", lr)
         betas = _check_betas(betas)
-        _check_nonneg(eps, "eps")
-        _check_nonneg(weight_decay, "weight_decay")
+        check_nonnegative_float("eps", eps)
+        check_nonnegative_float("weight_decay", weight_decay)
         if max_weight_norm is not None:
-            _check_positive(max_weight_norm, "max_weight_norm")
+            check_positive_float("max_weight_norm", max_weight_norm)
         defaults = dict(
             lr=lr,
             betas=betas,

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normlib._checks import check_eps, check_positive_int
 from normlib.framework import INSTANCE, Partition, Standardize, compute_dtype, normalize
 from normlib.functional import check_input
 from normlib.registry import create_norm, register_norm
@@ -223,8 +224,7 @@ def adain(content: Tensor, style: Tensor | None = None, *, style_mean: Tensor | 
         raise ValueError("pass a style tensor, or both style_mean and style_std")
     _check_modulation(style_mean, "style_mean", content.shape, per_position=False)
     _check_modulation(style_std, "style_std", content.shape, per_position=False)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive float, got {eps!r}; use e.g. 1e-5")
+    check_eps(eps)
     return normalize(content, INSTANCE, Standardize(eps), SampleAffine(style_std, style_mean))
 
 
@@ -241,8 +241,7 @@ class AdaIN(nn.Module):
 
     def __init__(self, eps: float = 1e-5):
         super().__init__()
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a positive float, got {eps!r}; use e.g. 1e-5")
+        check_eps(eps)
         self.eps = eps
 
     def forward(self, content: Tensor, style: Tensor) -> Tensor:
@@ -349,11 +348,6 @@ def whitening_coloring(content: Tensor, style: Tensor, eps: float = 1e-5) -> Ten
                      MatrixAffine(coloring, mean_s.squeeze(-1)))
 
 
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _parameter_free_norm(norm: str, num_features: int, norm_kwargs: dict | None, factory: dict):
     kwargs = {"affine": False, **(norm_kwargs or {}), **factory}
     return create_norm(norm, num_features, **kwargs)
@@ -393,7 +387,7 @@ class SPADE(nn.Module):
         super().__init__()
         for value, name in ((num_features, "num_features"), (label_channels, "label_channels"),
                             (hidden_channels, "hidden_channels"), (kernel_size, "kernel_size")):
-            _check_positive_int(value, name)
+            check_positive_int(name, value)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd so that outputs keep their size, got {kernel_size}")
         if spatial_dims not in (1, 2, 3):
@@ -459,8 +453,8 @@ class AttentiveNorm(nn.Module):
     def __init__(self, num_features: int, num_mixtures: int = 5, attention: str = "sigmoid",
                  norm: str = "bn", norm_kwargs: dict | None = None, device=None, dtype=None):
         super().__init__()
-        _check_positive_int(num_features, "num_features")
-        _check_positive_int(num_mixtures, "num_mixtures")
+        check_positive_int("num_features", num_features)
+        check_positive_int("num_mixtures", num_mixtures)
         if attention not in ("sigmoid", "softmax"):
             raise ValueError(f"attention must be 'sigmoid' or 'softmax', got {attention!r}")
         factory = {"device": device, "dtype": dtype}
@@ -522,8 +516,8 @@ class ConditionalBatchNorm(nn.Module):
     def __init__(self, num_features: int, num_classes: int, norm: str = "bn",
                  norm_kwargs: dict | None = None, device=None, dtype=None):
         super().__init__()
-        _check_positive_int(num_features, "num_features")
-        _check_positive_int(num_classes, "num_classes")
+        check_positive_int("num_features", num_features)
+        check_positive_int("num_classes", num_classes)
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.num_classes = num_classes

@@ -22,6 +22,8 @@ from typing import Union
 
 from torch import nn
 
+from normlib._checks import check_positive_int
+
 __all__ = [
     "register_norm",
     "register_weight_norm",
@@ -87,8 +89,7 @@ def create_norm(name: str, num_features: int, **kwargs) -> nn.Module:
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
-        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+    check_positive_int("num_features", num_features)
     k = _key(name)
     k = _ALIASES.get(k, k)
     if k not in _REGISTRY:

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from normlib._checks import check_float, check_nonnegative_float, check_nonnegative_int, check_positive_int
 from normlib.data import Split
 from normlib.device import default_device
 from normlib.models import MLP, VGG, ResNet, has_activation_norm
@@ -90,17 +91,6 @@ SCHEDULES = ("cosine", "constant")
 # A stable run ends below this fraction of min(initial loss, ln K).
 STABLE_PROGRESS = 0.9
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _nonnegative_float(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-            or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -175,20 +165,18 @@ class TrainConfig:
         if not isinstance(self.norm_kwargs, dict):
             raise TypeError(f"norm_kwargs must be a dict, got {type(self.norm_kwargs).__name__}")
         for name in ("depth", "width", "batch_size", "reference_batch_size", "epochs"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.train_samples is not None:
-            _positive_int("train_samples", self.train_samples)
+            check_positive_int("train_samples", self.train_samples)
             if self.train_samples < self.batch_size:
                 raise ValueError(f"train_samples={self.train_samples} is smaller than "
                                  f"batch_size={self.batch_size}; no full batch would remain")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        check_nonnegative_int("seed", self.seed)
         for name in ("lr", "momentum", "weight_decay"):
-            _nonnegative_float(name, getattr(self, name))
+            check_nonnegative_float(name, getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if not (isinstance(self.divergence_factor, (int, float)) and self.divergence_factor > 1):
-            raise ValueError(f"divergence_factor must be a number > 1, got {self.divergence_factor!r}")
+        check_float("divergence_factor", self.divergence_factor, low=1.0, low_open=True, example=4.0)
         if self.model == "resnet" and ((self.depth - 2) % 6 or self.depth < 8):
             raise ValueError(f"depth must be 6n + 2 (20, 32, 56, ...) for model='resnet', "
                              f"got {self.depth}")
@@ -722,7 +710,7 @@ def largest_stable_lr(
     if not seeds:
         raise ValueError("seeds must hold at least one seed, got an empty list")
     if probe_epochs is not None:
-        _positive_int("probe_epochs", probe_epochs)
+        check_positive_int("probe_epochs", probe_epochs)
     kwargs = {"data": data, "device": device, "cache": cache, "progress": progress}
     tried, probes = [], []
     for lr in grid:

@@ -52,8 +52,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from normlib._checks import check_eps, check_positive_float, check_positive_int
 from normlib.registry import register_weight_norm
 from normlib.whitening import inverse_sqrt_symmetric
+
+# eps = 0 is refused: a constant row (every row of nn.Linear(1, out)) has variance 0, a zero row
+# norm 0 and a rank-deficient group eigenvalue 0, and each gives silent NaNs.
+_EPS_WHY = "it keeps a constant or zero row, or a rank-deficient group, from dividing by zero"
 
 __all__ = [
     "weight_normalize",
@@ -85,30 +90,6 @@ _ORTHO_METHODS = ("eigh", "newton")
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_eps(eps) -> float:
-    # eps = 0 is rejected: a constant row (every row of nn.Linear(1, out)) has variance 0,
-    # a zero row norm 0 and a rank-deficient group eigenvalue 0, and each gives silent NaNs.
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(
-            f"eps must be a positive float (it keeps a constant or zero row, or a rank-deficient "
-            f"group, from dividing by zero), got {eps!r}; use e.g. 1e-5 (or 1e-12 for a nearly "
-            "exact result)"
-        )
-    return float(eps)
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _check_dim(dim, ndim: int, allow_none: bool) -> int | None:
@@ -205,7 +186,7 @@ def weight_normalize(
         tensor([[0.6000, 0.8000],
                 [0.0000, 1.0000]])
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps, why=_EPS_WHY)
     dims = _other_dims(v.ndim, dim)
     if centered:
         v = v - v.mean(dim=dims, keepdim=True)
@@ -274,8 +255,8 @@ def orthogonalize_weight(
     _check_group_size(group_size, out, fan_in, centered)
     if method not in _ORTHO_METHODS:
         raise ValueError(f"method must be one of {_ORTHO_METHODS}, got {method!r}")
-    _check_positive_int(num_iters, "num_iters")
-    eps = _check_eps(eps)
+    check_positive_int("num_iters", num_iters)
+    eps = check_eps(eps, why=_EPS_WHY)
     groups = v.reshape(out // group_size, group_size, fan_in)
     if centered:
         groups = groups - groups.mean(dim=-1, keepdim=True)
@@ -300,7 +281,7 @@ def orthogonalize_weight(
 
 
 def _check_group_size(group_size, out: int, fan_in: int, centered: bool) -> None:
-    _check_positive_int(group_size, "group_size")
+    check_positive_int("group_size", group_size)
     rank = fan_in - 1 if centered else fan_in
     if out % group_size != 0:
         raise ValueError(
@@ -356,7 +337,7 @@ def standardize_weight(
         tensor([[-1.,  1.],
                 [-1.,  1.]])
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps, why=_EPS_WHY)
     matrix = _as_matrix(weight, dim)
     var, mean = torch.var_mean(matrix, dim=1, correction=0, keepdim=True)
     matrix = (matrix - mean) * torch.rsqrt(var + eps)
@@ -549,7 +530,7 @@ class WeightNorm(nn.Module):
         super().__init__()
         self.dim = dim
         self.centered = bool(centered)
-        self.eps = _check_eps(eps)
+        self.eps = check_eps(eps, why=_EPS_WHY)
 
     def forward(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return weight_normalize(v, g, self.dim, centered=self.centered, eps=self.eps)
@@ -593,13 +574,13 @@ class OrthogonalWeightNorm(nn.Module):
         dim: int = 0,
     ) -> None:
         super().__init__()
-        self.group_size = _check_positive_int(group_size, "group_size")
+        self.group_size = check_positive_int("group_size", group_size)
         if method not in _ORTHO_METHODS:
             raise ValueError(f"method must be one of {_ORTHO_METHODS}, got {method!r}")
         self.method = method
-        self.num_iters = _check_positive_int(num_iters, "num_iters")
+        self.num_iters = check_positive_int("num_iters", num_iters)
         self.centered = bool(centered)
-        self.eps = _check_eps(eps)
+        self.eps = check_eps(eps, why=_EPS_WHY)
         self.dim = dim
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -639,7 +620,7 @@ class WeightStandardization(nn.Module):
 
     def __init__(self, eps: float = 1e-5, dim: int = 0) -> None:
         super().__init__()
-        self.eps = _check_eps(eps)
+        self.eps = check_eps(eps, why=_EPS_WHY)
         self.dim = dim
 
     def scale(self, weight: torch.Tensor) -> torch.Tensor | None:
@@ -688,8 +669,8 @@ class ScaledWeightStandardization(WeightStandardization):
         dtype=None,
     ) -> None:
         super().__init__(eps=eps, dim=dim)
-        self.num_features = _check_positive_int(num_features, "num_features")
-        self.gamma = _check_positive_float(gamma, "gamma")
+        self.num_features = check_positive_int("num_features", num_features)
+        self.gamma = check_positive_float("gamma", gamma)
         self.affine = bool(affine)
         if self.affine:
             self.gain = nn.Parameter(torch.empty(num_features, device=device, dtype=dtype))
@@ -744,9 +725,9 @@ class SpectralNorm(nn.Module):
         super().__init__()
         if weight.ndim < 2:
             raise ValueError(f"weight must have at least 2 dims, got shape {tuple(weight.shape)}")
-        self.n_power_iterations = _check_positive_int(n_power_iterations, "n_power_iterations")
+        self.n_power_iterations = check_positive_int("n_power_iterations", n_power_iterations)
         self.dim = _check_dim(dim, weight.ndim, allow_none=False)
-        self.eps = _check_eps(eps)
+        self.eps = check_eps(eps, why=_EPS_WHY)
         with torch.no_grad():
             matrix = _as_matrix(weight, self.dim)
             h, w = matrix.shape
@@ -1099,7 +1080,7 @@ def normprop_mlp(in_features: int, width: int, depth: int, init: str = "orthogon
         torch.Size([4, 16])
     """
     for name, value in (("in_features", in_features), ("width", width), ("depth", depth)):
-        _check_positive_int(value, name)
+        check_positive_int(name, value)
     if init not in ("orthogonal", "gaussian"):
         raise ValueError(f"init must be 'orthogonal' or 'gaussian', got {init!r}")
     blocks, fan_in = [], in_features

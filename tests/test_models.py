@@ -82,17 +82,18 @@ def test_weight_normalizer_is_applied_to_layers_in_place_of_activation_norm():
         _WEIGHT.pop(name, None)
 
 
-@pytest.mark.parametrize("kwargs", [{"depth": 0}, {"width": -3}, {"depth": 2.5}])
-def test_non_positive_depth_or_width_raises(kwargs):
-    with pytest.raises(ValueError, match="must be a positive int"):
+@pytest.mark.parametrize("kwargs, error", [({"depth": 0}, ValueError), ({"width": -3}, ValueError),
+                                           ({"depth": 2.5}, TypeError)])
+def test_non_positive_depth_or_width_raises(kwargs, error):
+    with pytest.raises(error, match="must be a positive int"):
         VGG(3, 2, **{"depth": 3, "width": 4, **kwargs})
-    with pytest.raises(ValueError, match="must be a positive int"):
+    with pytest.raises(error, match="must be a positive int"):
         MLP(3, 2, **{"depth": 3, "width": 4, **kwargs})
 
 
-@pytest.mark.parametrize("width", [0, -16, 8.0])
-def test_resnet_rejects_a_width_that_is_not_a_positive_int(width):
-    with pytest.raises(ValueError, match="width"):
+@pytest.mark.parametrize("width, error", [(0, ValueError), (-16, ValueError), (8.0, TypeError)])
+def test_resnet_rejects_a_width_that_is_not_a_positive_int(width, error):
+    with pytest.raises(error, match="width"):
         ResNet(depth=20, width=width)
 
 

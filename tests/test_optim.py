@@ -344,10 +344,10 @@ def test_wrappers_stack():
     [
         (lambda ps: no.LARS(ps, lr=-0.1), "lr must be a non-negative"),
         (lambda ps: no.LARS(ps, trust_coefficient=0.0), "trust_coefficient must be a positive"),
-        (lambda ps: no.LARS(ps, momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (lambda ps: no.LARS(ps, momentum=1.0), r"momentum must be a float in \[0, 1\)"),
         (lambda ps: no.LARS(ps, momentum=0.0, nesterov=True), "nesterov=True needs momentum"),
         (lambda ps: no.LARS(ps, weight_decay=-1e-4), "weight_decay must be a non-negative"),
-        (lambda ps: no.LAMB(ps, betas=(0.9, 1.0)), r"betas\[1\] must be in \[0, 1\)"),
+        (lambda ps: no.LAMB(ps, betas=(0.9, 1.0)), r"betas\[1\] must be a float in \[0, 1\)"),
         (lambda ps: no.LAMB(ps, betas=0.9), "betas must be a pair"),
         (lambda ps: no.LAMB(ps, eps=-1.0), "eps must be a non-negative"),
         (lambda ps: no.LANS(ps, max_weight_norm=0.0), "max_weight_norm must be a positive"),
@@ -365,7 +365,7 @@ def test_wrappers_reject_things_that_are_not_optimizers():
     model, _, _ = _problem()
     with pytest.raises(TypeError, match="must be a torch.optim.Optimizer"):
         no.GradientCentralization(model.parameters())
-    with pytest.raises(TypeError, match="conv_only must be a bool"):
+    with pytest.raises(TypeError, match="conv_only must be True or False"):
         no.GradientCentralization(torch.optim.SGD(model.parameters(), lr=0.1), conv_only="yes")
 
 

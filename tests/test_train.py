@@ -321,7 +321,6 @@ def test_a_configuration_without_a_stable_rate_has_one_row_and_no_curve():
         ({"dtype": "float16"}, "dtype"),
         ({"depth": 0}, "depth"),
         ({"batch_size": -4}, "batch_size"),
-        ({"epochs": 1.5}, "epochs"),
         ({"lr": 0.0}, "lr"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"seed": -1}, "seed"),
@@ -337,6 +336,8 @@ def test_config_rejects_bad_arguments_naming_them(changes, name):
 
 
 def test_config_and_train_reject_wrong_types():
+    with pytest.raises(TypeError, match="epochs must be a positive int, got 1.5"):
+        tiny(epochs=1.5)
     with pytest.raises(TypeError, match="norm"):
         tiny(norm=None)
     with pytest.raises(TypeError, match="config"):

@@ -496,14 +496,21 @@ def test_bad_hyperparameters_raise_before_parametrizing(call, match):
     "kwargs, match",
     [({"method": "newton", "num_iters": 0}, "num_iters must be a positive int, got 0"),
      ({"method": "newton", "num_iters": -3}, "num_iters must be a positive int, got -3"),
-     ({"num_iters": 2.5}, "num_iters must be a positive int, got 2.5"),
      ({"eps": 0.0}, "eps must be a positive float"),
-     ({"eps": -1e-5}, "eps must be a positive float")],
+     ({"eps": -1e-5}, "eps must be a positive float"),
+     ({"eps": math.inf}, "eps must be a positive float.*got inf; use a finite value")],
 )
 def test_orthogonalize_weight_rejects_non_positive_num_iters_and_eps(kwargs, match):
     # num_iters=0 would return the merely rescaled rows, silently not orthogonal.
     with pytest.raises(ValueError, match=match):
         nw.orthogonalize_weight(torch.randn(4, 6), 2, **kwargs)
+
+
+def test_orthogonalize_weight_rejects_a_non_integer_num_iters_as_a_type_error():
+    with pytest.raises(TypeError, match="num_iters must be a positive int, got 2.5"):
+        nw.orthogonalize_weight(torch.randn(4, 6), 2, num_iters=2.5)
+    with pytest.raises(TypeError, match="num_iters must be a positive int, got True"):
+        nw.orthogonalize_weight(torch.randn(4, 6), 2, num_iters=True)
 
 
 @pytest.mark.parametrize("call", [

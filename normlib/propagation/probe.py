@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from normlib._checks import check_bool
 from normlib.layers import NormLayer
 from normlib.propagation.statistics import STATISTICS, representation_statistics
 
@@ -288,12 +289,6 @@ def _weights_of(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.dim() >= 2 and id(p) not in gains]
 
 
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 def probe(
     model: nn.Module,
     inputs,
@@ -343,8 +338,8 @@ def probe(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    _check_bool(backward, "backward")
-    _check_bool(include_input, "include_input")
+    check_bool("backward", backward)
+    check_bool("include_input", include_input)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable(output, targets), got {type(loss_fn).__name__}")
     points = probe_points(model, at)

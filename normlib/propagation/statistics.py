@@ -51,6 +51,8 @@ import math
 
 import torch
 
+from normlib._checks import check_float
+
 __all__ = [
     "STATISTICS",
     "MIN_RTOL",
@@ -268,9 +270,7 @@ MIN_RTOL = 1e-6
 
 
 def _check_rtol(rtol) -> float:
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not MIN_RTOL <= rtol < 1:
-        raise ValueError(f"rtol must be a float in [{MIN_RTOL}, 1), got {rtol!r}; e.g. 1e-3")
-    return float(rtol)
+    return check_float("rtol", rtol, low=MIN_RTOL, high=1.0, high_open=True, example=1e-3)
 
 
 def _default_rtol(x: torch.Tensor) -> float:

@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from normlib._checks import check_nonnegative_int
 from normlib.device import seed_everything
 from normlib.propagation.probe import probe
 
@@ -58,8 +59,7 @@ def derived_seed(seed: int, purpose: str) -> int:
         >>> derived_seed(0, "inputs") != derived_seed(0, "model")
         True
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_nonnegative_int("seed", seed)
     if purpose not in _SALTS:
         raise ValueError(f"purpose must be one of {sorted(_SALTS)}, got {purpose!r}")
     return (seed * 1_000_003 + _SALTS[purpose]) % (2**63 - 1)

@@ -41,6 +41,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from normlib._checks import check_bool, check_int, check_nonnegative_float
+
 __all__ = [
     "BN_GRADIENT_EXPLOSION_LIMIT",
     "RESNET_BRANCHES",
@@ -59,18 +61,6 @@ __all__ = [
 #: :math:`\pi/(\pi-1) \approx 1.467`, the gradient explosion rate of BatchNorm-ReLU networks
 #: for an infinite batch (Yang et al., 2019).
 BN_GRADIENT_EXPLOSION_LIMIT = math.pi / (math.pi - 1.0)
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_nonneg(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    return float(value)
 
 
 def residual_variance(
@@ -115,15 +105,14 @@ def residual_variance(
         >>> residual_variance(3, normalized=False)
         array([1., 2., 4., 8.])
     """
-    n = _check_int(num_blocks, "num_blocks", 0)
-    if not isinstance(normalized, bool):
-        raise TypeError(f"normalized must be True or False, got {normalized!r}")
+    n = check_int("num_blocks", num_blocks, minimum=0)
+    check_bool("normalized", normalized)
     alpha = float(alpha)
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha!r}")
-    branch_variance = _check_nonneg(branch_variance, "branch_variance")
-    branch_gain = _check_nonneg(branch_gain, "branch_gain")
-    initial = _check_nonneg(initial, "initial")
+    branch_variance = check_nonnegative_float("branch_variance", branch_variance)
+    branch_gain = check_nonnegative_float("branch_gain", branch_gain)
+    initial = check_nonnegative_float("initial", initial)
     steps = np.arange(n + 1, dtype=np.float64)
     if normalized:
         return initial + steps * alpha**2 * branch_variance
@@ -195,7 +184,7 @@ def relu_similarity_by_depth(initial, depth: int) -> np.ndarray:
         >>> relu_similarity_by_depth(0.0, 2).round(4)
         array([0.    , 0.3183, 0.4937])
     """
-    depth = _check_int(depth, "depth", 0)
+    depth = check_int("depth", depth, minimum=0)
     c = _as_correlation(initial, "initial")
     out = np.empty((depth + 1, *c.shape), dtype=np.float64)
     out[0] = c
@@ -207,7 +196,7 @@ def relu_similarity_by_depth(initial, depth: int) -> np.ndarray:
 def _check_batch_size(batch_size, minimum: int) -> float:
     if batch_size == math.inf:
         return math.inf
-    return float(_check_int(batch_size, "batch_size", minimum))
+    return float(check_int("batch_size", batch_size, minimum=minimum))
 
 
 def bn_similarity_fixed_point(batch_size) -> float:
@@ -307,8 +296,8 @@ def groupnorm_rank_lower_bound(width: int, group_size: int) -> float:
         >>> groupnorm_rank_lower_bound(64, 4)
         4.0
     """
-    width = _check_int(width, "width", 1)
-    group_size = _check_int(group_size, "group_size", 1)
+    width = check_int("width", width, minimum=1)
+    group_size = check_int("group_size", group_size, minimum=1)
     if group_size > width or width % group_size:
         raise ValueError(
             f"group_size={group_size} must divide width={width}; use one of "
@@ -351,7 +340,7 @@ def gn_gradient_explosion_rate(group_size: int) -> float:
         >>> gn_gradient_explosion_rate(4), gn_gradient_explosion_rate(8)
         (2.0, 1.2)
     """
-    g = _check_int(group_size, "group_size", 4)
+    g = check_int("group_size", group_size, minimum=4)
     return (g - 2.0) / (g - 3.0)
 
 
@@ -384,7 +373,7 @@ def running_maximum_moments(num_steps: int) -> pd.DataFrame:
         >>> running_maximum_moments(2).round(4).values.tolist()
         [[1.0, 0.3989, 0.5, 0.3408], [2.0, 0.681, 1.1592, 0.6954]]
     """
-    n_max = _check_int(num_steps, "num_steps", 1)
+    n_max = check_int("num_steps", num_steps, minimum=1)
     k = np.arange(1, n_max + 1, dtype=np.float64)
     mean = np.cumsum(1.0 / np.sqrt(2.0 * np.pi * k))
     inv_sqrt = 1.0 / np.sqrt(k)
@@ -527,15 +516,15 @@ def relu_resnet_moments(
     if branch not in RESNET_BRANCHES:
         raise ValueError(f"branch must be one of {RESNET_BRANCHES}, got {branch!r}")
     if isinstance(blocks_per_stage, (int, np.integer)) and not isinstance(blocks_per_stage, bool):
-        stages = [_check_int(blocks_per_stage, "blocks_per_stage", 1)] * _check_int(
-            num_stages, "num_stages", 1)
+        stages = [check_int("blocks_per_stage", blocks_per_stage, minimum=1)] * check_int(
+            "num_stages", num_stages, minimum=1)
     elif isinstance(blocks_per_stage, Sequence) and blocks_per_stage:
-        stages = [_check_int(n, "blocks_per_stage[i]", 1) for n in blocks_per_stage]
+        stages = [check_int("blocks_per_stage[i]", n, minimum=1) for n in blocks_per_stage]
     else:
         raise ValueError(f"blocks_per_stage must be a positive int or a list of them, got "
                          f"{blocks_per_stage!r}")
     if spatial_sizes is not None:
-        sizes = [_check_int(h, "spatial_sizes[i]", 1) for h in spatial_sizes]
+        sizes = [check_int("spatial_sizes[i]", h, minimum=1) for h in spatial_sizes]
         if len(sizes) != len(stages):
             raise ValueError(f"spatial_sizes has {len(sizes)} entries for {len(stages)} stages")
     else:
@@ -543,9 +532,10 @@ def relu_resnet_moments(
     alpha = float(alpha)
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha!r}")
-    grid_size = _check_int(grid_size, "grid_size", 16)
-    second_in = _check_nonneg(input_second_moment, "input_second_moment")
-    var_in = second_in if input_variance is None else _check_nonneg(input_variance, "input_variance")
+    grid_size = check_int("grid_size", grid_size, minimum=16)
+    second_in = check_nonnegative_float("input_second_moment", input_second_moment)
+    var_in = (second_in if input_variance is None
+              else check_nonnegative_float("input_variance", input_variance))
 
     def gain(mean: float, second: float, variance: float) -> float:
         # variance that an un-normalized convolution + ReLU pair passes on
@@ -626,7 +616,7 @@ def readout_gap_curve(features, targets, steps: int, lr: float | None = None) ->
     y = torch.as_tensor(targets).detach().to(torch.float64)
     if y.shape != (phi.shape[0],):
         raise ValueError(f"targets must have shape ({phi.shape[0]},), got {tuple(y.shape)}")
-    steps = _check_int(steps, "steps", 0)
+    steps = check_int("steps", steps, minimum=0)
     n = phi.shape[0]
     eig, vec = torch.linalg.eigh(phi @ phi.T / n)
     top = float(eig[-1])

@@ -1,0 +1,383 @@
+"""Extreme eigenpairs of a symmetric operator: Lanczos with full reorthogonalization, power iteration.
+
+:func:`lanczos` runs the Lanczos process and returns the tridiagonal matrix;
+:func:`top_eigenpairs` returns the largest, smallest or largest-magnitude eigenpairs by
+Lanczos (Ritz values of the tridiagonal matrix, ``eigh``) or by power iteration with
+deflation, and warns with :class:`ConvergenceWarning` when the tolerance was not reached.
+
+Chapter: Hessian conditioning (``chapters/hessian.md``, :ref:`chap-hessian`): the sharpest
+curvature :math:`\\lambda_{\\max}` and the spectra of deep networks with and without BatchNorm.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from normlib._checks import check_positive_float, check_positive_int
+from normlib.hessian.operator import _as_operator, _progress, _random_vectors
+
+__all__ = ["ConvergenceWarning", "LanczosResult", "lanczos", "EigenResult", "top_eigenpairs"]
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative eigensolver stopped at its iteration limit before reaching its tolerance."""
+
+
+# --------------------------------------------------------------------------------------------
+# Lanczos
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LanczosResult:
+    """The output of :func:`lanczos`: :math:`Q^\\top H Q = T` with :math:`T` tridiagonal.
+
+    Attributes:
+        alphas: diagonal of :math:`T`, ``(m,)`` float64.
+        betas: off-diagonal of :math:`T`, ``(m - 1,)`` float64 (a zero marks a restart after an
+            invariant subspace was found).
+        basis: the orthonormal Lanczos vectors :math:`Q`, ``(m, P)`` (None if not kept).
+        start_norm: :math:`\\lVert v_0 \\rVert` of the start vector.
+        residual: :math:`\\beta_m`, the norm of the part of :math:`H q_m` outside the basis.
+    """
+
+    alphas: torch.Tensor
+    betas: torch.Tensor
+    basis: torch.Tensor | None
+    start_norm: float
+    residual: float
+
+    def tridiagonal(self) -> torch.Tensor:
+        """The ``(m, m)`` tridiagonal matrix :math:`T` (float64)."""
+        return (
+            torch.diag(self.alphas)
+            + torch.diag(self.betas, diagonal=1)
+            + torch.diag(self.betas, diagonal=-1)
+        )
+
+    def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues ``(m,)`` (ascending) and eigenvectors ``(m, m)`` of :math:`T`, by ``eigh``."""
+        return torch.linalg.eigh(self.tridiagonal())
+
+    def quadrature(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gauss quadrature nodes and weights of the spectral measure of the start vector.
+
+        For the normalized start vector :math:`q_1` and :math:`m` steps,
+        :math:`q_1^\\top g(H) q_1 \\approx \\sum_j w_j\\, g(\\theta_j)`, exact for polynomials of
+        degree up to :math:`2m - 1` :cite:p:`golub2009matrices`.
+
+        Returns:
+            nodes ``(m,)`` (the Ritz values) and weights ``(m,)`` (summing to 1), float64.
+        """
+        nodes, vectors = self.ritz()
+        return nodes, vectors[0] ** 2
+
+
+class _LanczosProcess:
+    """Lanczos with full reorthogonalization, one step (one product) at a time."""
+
+    def __init__(self, operator, start: torch.Tensor, max_steps: int, generator: torch.Generator):
+        self.op, self.generator = operator, generator
+        n = operator.shape[0]
+        self.n, self.max_steps = n, min(max_steps, n)
+        self.basis = torch.zeros(self.max_steps, n, dtype=operator.dtype, device=operator.device)
+        self.start_norm = float(torch.linalg.vector_norm(start))
+        if not self.start_norm > 0 or not math.isfinite(self.start_norm):
+            raise ValueError(f"the start vector must be finite and non-zero, norm={self.start_norm}")
+        self.basis[0] = start / self.start_norm
+        self.alphas: list[float] = []
+        self.betas: list[float] = []
+        self.scale = 0.0
+        self.eps = torch.finfo(operator.dtype).eps
+
+    @property
+    def steps(self) -> int:
+        return len(self.alphas)
+
+    def _orthogonalize(self, w: torch.Tensor, j: int) -> torch.Tensor:
+        # Classical Gram-Schmidt twice: orthogonal to working precision against all kept vectors.
+        q = self.basis[: j + 1]
+        for _ in range(2):
+            w = w - (q @ w) @ q
+        return w
+
+    def step(self) -> None:
+        j = self.steps
+        q = self.basis[j]
+        w = self.op.matvec(q)
+        alpha = float(q @ w)
+        w = self._orthogonalize(w, j)
+        beta = float(torch.linalg.vector_norm(w))
+        self.alphas.append(alpha)
+        self.scale = max(self.scale, abs(alpha), beta)
+        if j + 1 >= self.max_steps:
+            self.betas.append(beta)
+            return
+        if beta <= 100 * self.eps * self.scale:
+            # An invariant subspace: continue from a fresh random direction, so that repeated
+            # eigenvalues and the rest of the spectrum are still reached. T splits into blocks.
+            self.betas.append(0.0)
+            r = _random_vectors((self.n,), "gaussian", self.generator, w.dtype, w.device)
+            r = self._orthogonalize(r, j)
+            self.basis[j + 1] = r / torch.linalg.vector_norm(r)
+        else:
+            self.betas.append(beta)
+            self.basis[j + 1] = w / beta
+
+    def result(self, keep_basis: bool = True) -> LanczosResult:
+        m = self.steps
+        return LanczosResult(
+            alphas=torch.tensor(self.alphas, dtype=torch.float64),
+            betas=torch.tensor(self.betas[: m - 1], dtype=torch.float64),
+            basis=self.basis[:m] if keep_basis else None,
+            start_norm=self.start_norm,
+            residual=self.betas[m - 1] if m < self.n else 0.0,
+        )
+
+
+def lanczos(
+    operator,
+    num_iters: int,
+    *,
+    start: torch.Tensor | None = None,
+    seed: int = 0,
+    keep_basis: bool = True,
+    progress: bool | None = None,
+) -> LanczosResult:
+    """Run ``num_iters`` steps of Lanczos with full reorthogonalization.
+
+    Builds an orthonormal basis :math:`Q_m` of the Krylov space
+    :math:`\\mathrm{span}\\{v_0, Hv_0, \\dots, H^{m-1}v_0\\}` and the tridiagonal
+    :math:`T_m = Q_m^\\top H Q_m`. Every new vector is orthogonalized against all previous ones
+    (twice), so no spurious copies of converged eigenvalues appear; when an invariant subspace is
+    exhausted, the process restarts from a random vector orthogonal to the basis.
+    Cost: ``num_iters`` products and :math:`O(m^2 P)` for the orthogonalization; memory
+    :math:`mP`.
+
+    Args:
+        operator: a :class:`HessianOperator` or a symmetric ``(n, n)`` tensor.
+        num_iters: number of steps :math:`m` (capped at :math:`n`).
+        start: start vector ``(n,)``; default a Rademacher vector drawn with ``seed``.
+        seed: seed of the start vector and of restarts.
+        keep_basis: keep :math:`Q_m` in the result.
+        progress: show a progress bar (None: only on an interactive terminal).
+
+    Returns:
+        a :class:`LanczosResult`.
+
+    Example:
+        >>> import torch
+        >>> A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+        >>> res = lanczos(A, 10)
+        >>> res.ritz()[0][-1].item()
+        10.0
+    """
+    operator = _as_operator(operator)
+    check_positive_int("num_iters", num_iters)
+    n = operator.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    if start is None:
+        start = _random_vectors((n,), "rademacher", generator, operator.dtype, operator.device)
+    elif not isinstance(start, torch.Tensor) or start.shape != (n,):
+        raise ValueError(f"start must be a tensor of shape ({n},), got {getattr(start, 'shape', start)!r}")
+    start = start.to(dtype=operator.dtype, device=operator.device)
+    process = _LanczosProcess(operator, start, num_iters, generator)
+    for _ in _progress(range(process.max_steps), process.max_steps, progress, "Lanczos"):
+        process.step()
+    return process.result(keep_basis)
+
+
+# --------------------------------------------------------------------------------------------
+# Eigenpairs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EigenResult:
+    """Eigenpairs from :func:`top_eigenpairs`.
+
+    Attributes:
+        eigenvalues: ``(k,)``, ordered as requested (largest first for ``which="largest"``).
+        eigenvectors: ``(k, P)``, unit norm, in the operator's dtype.
+        residuals: ``(k,)``, :math:`\\lVert H u - \\lambda u \\rVert` (an error bound on each
+            eigenvalue: some eigenvalue of :math:`H` lies within it).
+        converged: ``(k,)`` bool, residual within the tolerance.
+        num_matvecs: Hessian-vector products used.
+    """
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    residuals: torch.Tensor
+    converged: torch.Tensor
+    num_matvecs: int
+
+
+_WHICH = ("largest", "smallest", "magnitude", "both_ends")
+
+
+def _select(values: torch.Tensor, k: int, which: str) -> torch.Tensor:
+    """Indices of the wanted Ritz values among ascending ``values``, in output order."""
+    m = values.numel()
+    if which == "largest":
+        return torch.arange(m - 1, m - 1 - k, -1)
+    if which == "smallest":
+        return torch.arange(k)
+    if which == "magnitude":
+        return torch.argsort(values.abs(), descending=True, stable=True)[:k]
+    return torch.tensor([m - 1, 0])  # both_ends: (largest, smallest)
+
+
+def _lanczos_eigenpairs(op, k, which, tol, max_iters, generator, progress, start):
+    process = _LanczosProcess(op, start, max_iters, generator)
+    need = 2 if which == "both_ends" else k
+    bar = _progress(range(process.max_steps), process.max_steps, progress, "Lanczos eigenpairs")
+    for _ in bar:
+        process.step()
+        m = process.steps
+        if m < need:
+            continue
+        res = process.result(keep_basis=False)
+        values, vectors = res.ritz()
+        idx = _select(values, k, which)
+        bounds = (res.residual * vectors[m - 1, idx]).abs()
+        scale = values.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+        if bool((bounds <= tol * scale).all()) or m == process.max_steps:
+            break
+    bar.close()  # the loop always runs at least `need` steps (checked by the caller)
+    chosen = vectors[:, idx].to(op.dtype).to(op.device)
+    eigenvectors = chosen.T @ process.basis[:m]
+    return values[idx], eigenvectors, bounds, bounds <= tol * scale, m
+
+
+def _power_eigenpairs(op, k, tol, max_iters, generator, progress):
+    n = op.shape[0]
+    found_vals, found_vecs, residuals, matvecs = [], [], [], 0
+    bar = _progress(range(k * max_iters), k * max_iters, progress, "power iteration")
+    for _ in range(k):
+        basis = torch.stack(found_vecs) if found_vecs else None
+        v = _random_vectors((n,), "gaussian", generator, op.dtype, op.device)
+        value, residual, unit = 0.0, math.inf, v
+        for _ in range(max_iters):
+            if basis is not None:
+                # Rounding leaves components along the pairs already found; remove them each time.
+                v = v - (basis @ v) @ basis
+            unit = v / torch.linalg.vector_norm(v)
+            w = op.matvec(unit)
+            matvecs += 1
+            bar.update()
+            if basis is not None:
+                # The deflated operator (I - UU^T) H (I - UU^T): its residual is the one to test.
+                w = w - (basis @ w) @ basis
+            value = float(unit @ w)
+            residual = float(torch.linalg.vector_norm(w - value * unit))
+            if residual <= tol * abs(value):
+                break
+            v = w
+        found_vals.append(value)
+        found_vecs.append(unit)
+        residuals.append(residual)
+    bar.close()
+    vals = torch.tensor(found_vals, dtype=torch.float64)
+    res = torch.tensor(residuals, dtype=torch.float64)
+    return vals, torch.stack(found_vecs), res, res <= tol * vals.abs(), matvecs
+
+
+def top_eigenpairs(
+    operator,
+    k: int = 1,
+    *,
+    which: str | None = None,
+    method: str = "lanczos",
+    tol: float = 1e-6,
+    max_iters: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> EigenResult:
+    """The ``k`` extreme eigenvalues and eigenvectors of :math:`H`.
+
+    Lanczos (default): Ritz pairs of :math:`T_m` (``eigh`` of the tridiagonal matrix) after each
+    step; it stops when every wanted pair has residual :math:`\\lVert Hu - \\theta u\\rVert =
+    \\beta_m |s_{m,i}| \\le` ``tol`` :math:`\\cdot \\max_j|\\theta_j|`. The eigenvalue error is
+    at most the residual and typically its square over the spectral gap. Like any single-vector
+    Krylov method it finds one copy of an eigenvalue whose multiplicity exceeds one until it has
+    exhausted an invariant subspace; use ``method="power"`` (or :func:`hessian_matrix`) when
+    exact multiplicities matter.
+
+    Power iteration (``method="power"``, as in PyHessian, for comparison): :math:`v \\leftarrow
+    Hv/\\lVert Hv\\rVert`, orthogonal to the pairs already found (deflation), until
+    :math:`\\lVert Hv - \\lambda v\\rVert \\le` ``tol`` :math:`|\\lambda|`; it finds the
+    eigenvalues of largest magnitude, ``max_iters`` products per pair at most.
+
+    Args:
+        operator: a :class:`HessianOperator` or a symmetric ``(n, n)`` tensor.
+        k: number of eigenpairs (at most the dimension).
+        which: ``"largest"`` (algebraic, default for Lanczos), ``"smallest"`` or
+            ``"magnitude"`` (the only choice, and the default, for power iteration).
+        method: ``"lanczos"`` or ``"power"``.
+        tol: relative residual tolerance.
+        max_iters: Lanczos steps in total (default ``min(n, max(100, 10 k))``), or power
+            iterations per pair (default 1000).
+        seed: seed of the start vectors.
+        progress: show a progress bar (None: only on an interactive terminal).
+
+    Returns:
+        an :class:`EigenResult`; a :class:`ConvergenceWarning` is issued if ``max_iters`` was
+        reached before ``tol``.
+
+    Raises:
+        ValueError: ``k`` larger than the dimension or not positive, unknown ``which`` or
+            ``method``, ``which`` other than ``"magnitude"`` with power iteration, ``tol <= 0``.
+
+    Example:
+        >>> import torch
+        >>> A = torch.diag(torch.tensor([5.0, -7.0, 1.0, 2.0], dtype=torch.float64))
+        >>> top_eigenpairs(A, k=2).eigenvalues
+        tensor([5., 2.], dtype=torch.float64)
+        >>> top_eigenpairs(A, k=1, method="power").eigenvalues
+        tensor([-7.], dtype=torch.float64)
+    """
+    op = _as_operator(operator)
+    n = op.shape[0]
+    check_positive_int("k", k)
+    if k > n:
+        raise ValueError(
+            f"k={k} is larger than the number of parameters {n}; ask for at most {n} eigenpairs"
+        )
+    if method not in ("lanczos", "power"):
+        raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
+    if which is None:
+        which = "largest" if method == "lanczos" else "magnitude"
+    if which not in _WHICH[:3] and not (which == "both_ends" and method == "lanczos"):
+        raise ValueError(f"which must be 'largest', 'smallest' or 'magnitude', got {which!r}")
+    if method == "power" and which != "magnitude":
+        raise ValueError(
+            f"power iteration finds the eigenvalues of largest magnitude; which={which!r} needs "
+            f"method='lanczos'"
+        )
+    check_positive_float("tol", tol, example=1e-6)
+    if max_iters is not None:
+        check_positive_int("max_iters", max_iters)
+        if method == "lanczos" and max_iters < (2 if which == "both_ends" else k):
+            raise ValueError(f"max_iters={max_iters} must be at least k={k} for Lanczos")
+    generator = torch.Generator().manual_seed(seed)
+    if method == "lanczos":
+        steps = max_iters if max_iters is not None else min(n, max(100, 10 * k))
+        start = _random_vectors((n,), "rademacher", generator, op.dtype, op.device)
+        vals, vecs, res, conv, used = _lanczos_eigenpairs(
+            op, k, which, tol, steps, generator, progress, start
+        )
+    else:
+        steps = max_iters if max_iters is not None else 1000
+        vals, vecs, res, conv, used = _power_eigenpairs(op, k, tol, steps, generator, progress)
+    if not bool(conv.all()):
+        warnings.warn(
+            f"{method} stopped after {used} products with residuals {res.tolist()} above "
+            f"tol={tol} times the spectral scale; raise max_iters or tol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return EigenResult(vals, vecs, res, conv, used)

@@ -1,0 +1,89 @@
+"""The code a reader sees is the code that runs.
+
+A reader who copies the visible code cells of a chapter in order into a fresh
+notebook must reproduce every visible output. For every chapter this test
+keeps the code cells a reader sees (no ``remove-cell`` or ``remove-input``
+tag; ``hide-input`` cells count as visible, since a reader can expand them),
+drops every hidden one, runs the rest in order in a fresh kernel at
+``NORMLIB_SIZE=small`` and fails on the first error, naming the chapter and
+the cell. A visible cell that uses a name defined only in a hidden cell fails
+here with a ``NameError``.
+
+Run alone with ``make visible-cells`` (``make test`` runs it after the unit tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "chapters").glob("*.md"))
+HIDDEN_TAGS = {"remove-cell", "remove-input"}
+CELL_TIMEOUT = 600
+
+pytestmark = pytest.mark.visible_cells
+
+
+def visible_code_cells(notebook) -> list:
+    """The code cells of ``notebook`` whose source a reader of the page can see, in order."""
+    return [cell for cell in notebook.cells
+            if cell.cell_type == "code" and not HIDDEN_TAGS & set(cell.metadata.get("tags", []))]
+
+
+def _describe(chapter: Path, index: int, cell) -> str:
+    lines = [line for line in cell.source.splitlines() if line.strip()]
+    first = lines[0][:80] if lines else "(empty)"
+    return f"{chapter.name}, visible code cell {index + 1}: {first!r}"
+
+
+def test_visible_cells_are_selected_by_tag():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("a = 1"),
+        nbformat.v4.new_code_cell("b = 2", metadata={"tags": ["remove-cell"]}),
+        nbformat.v4.new_code_cell("c = 3", metadata={"tags": ["remove-input"]}),
+        nbformat.v4.new_code_cell("d = 4", metadata={"tags": ["hide-input"]}),
+        nbformat.v4.new_markdown_cell("text"),
+        nbformat.v4.new_code_cell("e = 5", metadata={"tags": ["remove-output"]}),
+    ])
+    assert [c.source for c in visible_code_cells(nb)] == ["a = 1", "d = 4", "e = 5"]
+
+
+def run_visible_cells(chapter: Path) -> None:
+    source = jupytext.read(chapter)
+    cells = visible_code_cells(source)
+    assert cells, f"{chapter.name} has no visible code cell"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c.source) for c in cells],
+                                  metadata=source.metadata)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
+                            resources={"metadata": {"path": str(chapter.parent)}})
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            try:
+                client.execute_cell(cell, index)
+            except (CellExecutionError, CellTimeoutError) as err:
+                pytest.fail(f"{_describe(chapter, index, cells[index])} failed when the visible "
+                            f"cells run alone:\n{err}", pytrace=False)
+
+
+def test_run_visible_cells_names_the_failing_cell(tmp_path):
+    chapter = tmp_path / "demo.md"
+    chapter.write_text(
+        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+        "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n"
+        "```{code-cell} ipython3\n:tags: [remove-cell]\nhidden = 1\n```\n\n"
+        "```{code-cell} ipython3\nseen = 2\n```\n\n"
+        "```{code-cell} ipython3\nprint(hidden + seen)\n```\n")
+    with pytest.raises(pytest.fail.Exception, match=r"demo\.md, visible code cell 2: 'print\(hidden"):
+        run_visible_cells(chapter)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_visible_cells_run_alone(chapter, monkeypatch):
+    monkeypatch.setenv("NORMLIB_SIZE", "small")
+    run_visible_cells(chapter)
