@@ -332,3 +332,33 @@ def test_relative_updates_restores_mode_grads_and_keeps_scheduler_and_wrapper_in
     assert opt.param_groups[0] is inner.param_groups[0]
     lars = LARS(model.parameters(), lr=1.0)
     relative_updates(model, lars, closure)
+
+
+def test_invariance_table_covers_every_registered_normalizer_or_says_why_not():
+    from normlib.analysis import invariance_table
+
+    t = invariance_table(available_norms())
+    assert set(t.not_applicable) <= set(t.norms)
+    for i, n in enumerate(t.norms):
+        row = t.errors[i]
+        if n in t.not_applicable:
+            assert torch.isnan(row).all() and t.not_applicable[n]
+        else:
+            assert torch.isfinite(row).all(), n
+    # the well-known entries hold
+    d = t.as_dict()
+    assert d["bn"]["data_recentering"] and d["cholesky"]["weight_rescaling"]
+    assert d["population"]["data_recentering"] and not d["ln"]["data_recentering"]
+
+
+def test_scale_invariance_is_judged_from_one_state_for_running_estimates():
+    from normlib.analysis import invariance_error, scale_invariant_parameters
+
+    assert invariance_error("population", "data_recentering") < 1e-10
+    torch.manual_seed(0)
+    x = torch.randn(64, 5, dtype=torch.float64)
+    found = {}
+    for norm in ["bn", "population"]:
+        torch.manual_seed(0)
+        found[norm] = scale_invariant_parameters(MLP(5, 2, width=8, depth=2, norm=norm).double(), x)
+    assert found["population"] == found["bn"] and "layers.1.0.weight" in found["bn"]

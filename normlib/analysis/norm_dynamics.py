@@ -93,12 +93,16 @@ def scale_invariant_parameters(
     names = []
     with preserved_model_state(model), torch.no_grad():
         model.train(mode == "train")
-        y = model(x)
+        # Every evaluation from the same state: running estimates a forward pass updates
+        # (population norm) would otherwise change what the next evaluation reads.
+        with preserved_model_state(model):
+            y = model(x)
         ref = float(y.norm())
         for name, p in model.named_parameters():
             if not bool(p.detach().any()):
                 continue
-            y_new = functional_call(model, {name: factor * p.detach()}, (x,))
+            with preserved_model_state(model):
+                y_new = functional_call(model, {name: factor * p.detach()}, (x,))
             if float((y_new - y).norm()) <= tol * ref:
                 names.append(name)
     return names

@@ -78,6 +78,8 @@ def condition_number(
         values = source.detach().cpu().to(torch.float64)
         if values.numel() == 0:
             raise ValueError("condition_number needs at least one eigenvalue")
+        if bool(torch.isnan(values).any()):
+            raise ValueError("the eigenvalues given as source contain NaN: kappa is undefined")
     else:
         if rtol > 0:
             raise ValueError(

@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from normlib._checks import check_bool
+from normlib._state import preserved_state as _preserved_state
 from normlib.layers import NormLayer
 from normlib.propagation.statistics import STATISTICS, representation_statistics
 
@@ -181,7 +182,10 @@ def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
 
     Restored: the ``training`` flag of every submodule, every buffer (BatchNorm
     running statistics and counters, spectral-norm vectors; the same tensor
-    objects, with their values), every parameter's value and its ``.grad``.
+    objects, with their values; buffers a forward pass added are removed), every
+    parameter's value and its ``.grad`` (the same tensor, its values). Only what
+    changed is written back, and without moving autograd's version counters, so a
+    loss computed before can still be back-propagated after.
 
     Example:
         >>> from normlib.models import MLP
@@ -191,27 +195,8 @@ def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
         >>> model.training, float(model.layers[0][1].running_mean.abs().sum())
         (False, 0.0)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    modules = list(model.modules())
-    flags = [(m, m.training) for m in modules]
-    buffers = [(m, name, b, b.detach().clone())
-               for m in modules for name, b in m._buffers.items() if b is not None]
-    params = [(m, name, p, p.detach().clone(), p.grad)
-              for m in modules for name, p in m._parameters.items() if p is not None]
-    try:
+    with _preserved_state(model):
         yield model
-    finally:
-        with torch.no_grad():
-            for m, name, b, saved in buffers:
-                b.copy_(saved)
-                m._buffers[name] = b
-            for m, name, p, saved, grad in params:
-                p.copy_(saved)
-                m._parameters[name] = p
-                p.grad = grad
-        for m, flag in flags:
-            m.training = flag
 
 
 def _as_batches(inputs, targets) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
