@@ -294,7 +294,8 @@ def probe(
             (tensors or ``(x, y)`` pairs); statistics are averaged over batches.
         targets: targets of a single batch (class indices for cross-entropy, or
             real-valued targets for mean squared error).
-        at: the points to probe, see :func:`probe_points`.
+        at: the points to probe, see :func:`probe_points`; the rows come back in the order the
+            forward pass reaches them, whatever the order of a list given here.
         mode: ``"train"`` (batch statistics; running statistics are restored after)
             or ``"eval"`` (running statistics).
         backward: also run the backward pass and record :data:`GRADIENT_STATISTICS`.
@@ -348,9 +349,10 @@ def probe(
         records: list[dict[str, float] | None] = [None] * len(names)
         outputs: list[torch.Tensor | None] = [None] * len(points)
 
+        fired: list[int] = []
         with preserved_state(model), contextlib.ExitStack() as stack:
             for i, (name, module) in enumerate(points):
-                hook = _make_hook(i, name, records, outputs, offset, backward, rtol)
+                hook = _make_hook(i, name, records, outputs, offset, backward, rtol, fired)
                 stack.callback(module.register_forward_hook(hook).remove)
             model.train(mode == "train")
             x = x.to(device)
@@ -370,12 +372,17 @@ def probe(
         for total, record in zip(sums, records):
             for key in columns:
                 total[key] += record.get(key, math.nan)
+        if num_batches == 0:
+            forward_order = list(fired)  # the points as the forward pass reached them
         num_batches += 1
 
     if num_batches == 0:
         raise ValueError("inputs is empty: give at least one batch")
     # Batches of unequal size have no single batch size.
     batch_size = next(iter(batch_sizes)) if len(batch_sizes) == 1 else math.nan
+    # Rows in forward order, whatever order ``at`` listed the points in.
+    order = ([0] if include_input else []) + [i + offset for i in forward_order]
+    names, sums = [names[k] for k in order], [sums[k] for k in order]
     rows = []
     for layer, (name, total) in enumerate(zip(names, sums), start=0 if include_input else 1):
         row = {"layer": layer, "name": name}
@@ -385,9 +392,11 @@ def probe(
     return pd.DataFrame(rows)
 
 
-def _make_hook(i, name, records, outputs, offset, backward, rtol):
+def _make_hook(i, name, records, outputs, offset, backward, rtol, fired):
     # Reduce the output to numbers at once; keep the tensor only for autograd.grad.
     def hook(module, args, output):
+        if i not in fired:
+            fired.append(i)
         out = _first_tensor(output, name)
         records[i + offset] = representation_statistics(out, rtol)
         if backward and out.requires_grad:
