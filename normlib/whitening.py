@@ -90,15 +90,19 @@ def _check_method(method) -> None:
         raise ValueError(f"method must be one of {WHITENING_METHODS}, got {method!r}")
 
 
-def _check_group_size(group_size, d: int, what: str = "channels") -> int:
-    """The group size for ``d`` rows: ``group_size`` if it divides ``d``, ``d`` if ``None``."""
+def _check_group_size(group_size, d: int, what: str = "channels", name: str = "group_size") -> int:
+    """The group size for ``d`` rows: ``group_size`` if it divides ``d``, ``d`` if ``None``.
+
+    ``name`` is the argument the caller's user gave (``"num_groups"`` for group whitening,
+    whose group count is checked the same way), so the message names what to change.
+    """
     if group_size is None:
         return d
-    check_positive_int("group_size", group_size)
+    check_positive_int(name, group_size)
     if d % group_size:
         divisors = [k for k in range(1, d + 1) if d % k == 0]
         raise ValueError(
-            f"group_size={group_size} does not divide the {d} {what}; choose one of {divisors}"
+            f"{name}={group_size} does not divide the {d} {what}; choose one of {divisors}"
         )
     return group_size
 
@@ -834,7 +838,7 @@ class GroupWhitening(NormLayer):
                  affine: bool = True, method: str = "zca", iterations: int = 5,
                  device=None, dtype=None):
         check_positive_int("num_features", num_features)
-        _check_group_size(num_groups, num_features)
+        _check_group_size(num_groups, num_features, name="num_groups")
         Whiten(method, None, 1.0, iterations)
         self.num_groups = num_groups
         self.method = method

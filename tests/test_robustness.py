@@ -362,3 +362,33 @@ def test_scale_invariance_is_judged_from_one_state_for_running_estimates():
         torch.manual_seed(0)
         found[norm] = scale_invariant_parameters(MLP(5, 2, width=8, depth=2, norm=norm).double(), x)
     assert found["population"] == found["bn"] and "layers.1.0.weight" in found["bn"]
+
+
+@pytest.mark.parametrize("seed", ["a", 2**70, -1, 1.5, True])
+def test_every_seeded_tool_names_a_bad_seed(seed):
+    from normlib.analysis import stochastic_normalization_disturbance
+    from normlib.data import load_digits
+    from normlib.hessian import hessian_trace
+
+    calls = [
+        lambda: stochastic_normalization_disturbance(torch.randn(40, 4), 8, method="bn", seed=seed),
+        lambda: load_digits(seed=seed),
+        lambda: hessian_trace(torch.eye(3, dtype=torch.float64), seed=seed),
+    ]
+    for call in calls:
+        with pytest.raises((ValueError, TypeError), match="seed"):
+            call()
+
+
+def test_raw_errors_now_name_their_cause():
+    from normlib.hessian import HessianOperator
+
+    model = nn.Linear(3, 2).double()
+    with pytest.raises(TypeError, match="float32 but the model's parameters are torch.float64"):
+        HessianOperator(model, nn.functional.mse_loss, (torch.randn(4, 3), torch.randn(4, 2)),
+                        mode="train").matvec(torch.ones(8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_groups=3 does not divide"):
+        create_norm("gw", 8, num_groups=3)
+    with pytest.raises(ValueError, match="uninitialized lazy tensor"):
+        HessianOperator(nn.LazyLinear(2), nn.functional.mse_loss, (torch.randn(4, 3), torch.randn(4, 2)),
+                        mode="train")

@@ -18,6 +18,7 @@ from torch import Tensor
 from normlib._checks import (
     check_float,
     check_positive_int,
+    check_seed,
 )
 from normlib.analysis.stochasticity import (
     _WHITENING_NAME,
@@ -117,6 +118,7 @@ def train_inference_discrepancy(
         >>> r.eval_vs_population < r.train_vs_eval
         True
     """
+    check_seed(seed)
     method = _snd_method(method)
     data = _check_data(data)
     m, d = data.shape

@@ -23,6 +23,7 @@ from normlib._checks import (
     check_eps,
     check_positive_float,
     check_positive_int,
+    check_seed,
 )
 from normlib._state import preserved_state
 from normlib.registry import available_norms, create_norm, weight_transform
@@ -163,6 +164,7 @@ def invariance_error(
         >>> invariance_error("ln", "data_recentering") > 0.1
         True
     """
+    check_seed(seed)
     if not isinstance(norm, str):
         raise TypeError(f"norm must be a registered name (str), got {type(norm).__name__}")
     _check_names([transform], list(TRANSFORMS), "transform")

@@ -29,6 +29,7 @@ from normlib._checks import (
     check_nonnegative_float,
     check_positive_float,
     check_positive_int,
+    check_seed,
 )
 from normlib.hessian import preserved_model_state
 
@@ -253,6 +254,7 @@ def sgd_norm_dynamics(
         >>> bool((d.norms[1:] > d.norms[:-1]).all())  # no weight decay: the norm only grows
         True
     """
+    check_seed(seed)
     check_module("model", model)
     lr = check_positive_float("lr", lr)
     check_positive_int("steps", steps)

@@ -22,6 +22,7 @@ from torch.func import functional_call
 from normlib._checks import (
     check_mode,
     check_module,
+    check_seed,
 )
 from normlib.hessian import preserved_model_state
 
@@ -265,6 +266,7 @@ def scale_dynamics(
         >>> [round(v, 4) for v in m.weight_grad.tolist()]
         [0.5, 0.25, 1.0]
     """
+    check_seed(seed)
     check_module("model", model)
     check_mode(mode)
     if not isinstance(x, Tensor):

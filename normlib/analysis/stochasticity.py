@@ -23,6 +23,7 @@ from normlib import functional as NF
 from normlib._checks import (
     check_int,
     check_positive_int,
+    check_seed,
 )
 from normlib.whitening import whiten
 
@@ -243,6 +244,7 @@ def stochastic_normalization_disturbance(
         >>> 0.35 < large.value / small.value < 0.65  # about 1/sqrt(4)
         True
     """
+    check_seed(seed)
     method = _snd_method(method)
     data = _check_data(data)
     m, d = data.shape

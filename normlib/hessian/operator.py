@@ -21,7 +21,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from normlib._checks import check_positive_int
-from normlib._state import preserved_state
+from normlib._state import check_materialized, preserved_state
 
 __all__ = ["preserved_model_state", "HessianOperator", "hessian_matrix"]
 
@@ -149,6 +149,7 @@ class HessianOperator:
                 f"mode must be 'train' (batch statistics) or 'eval' (running statistics), "
                 f"got {mode!r}"
             )
+        check_materialized(model, what="HessianOperator")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("model has no parameters with requires_grad=True; nothing to differentiate")
@@ -307,7 +308,15 @@ class HessianOperator:
             self.model.train(self.mode == "train")
             # Fresh copies: modules may update buffers in place during the forward pass.
             buffers = {n: b.detach().clone() for n, b in self.model.named_buffers()}
-            output = functional_call(self.model, {**params, **buffers}, (x,))
+            try:
+                output = functional_call(self.model, {**params, **buffers}, (x,))
+            except RuntimeError as err:
+                if x.is_floating_point() and x.dtype != self.dtype:  # say why, not only what
+                    raise TypeError(
+                        f"data's inputs x are {x.dtype} but the model's parameters are "
+                        f"{self.dtype}; convert one of them (x.to({self.dtype}) or "
+                        f"model.to({x.dtype})) [{err}]") from err
+                raise
             loss = self.loss_fn(output, y)
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__}")

@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from normlib._checks import check_bool
+from normlib._state import check_materialized
 from normlib._state import preserved_state as _preserved_state
 from normlib.layers import NormLayer
 from normlib.propagation.statistics import STATISTICS, representation_statistics
@@ -328,6 +329,7 @@ def probe(
     check_bool("include_input", include_input)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable(output, targets), got {type(loss_fn).__name__}")
+    check_materialized(model, what="probe")
     points = probe_points(model, at)
     device = _model_device(model)
     names = (["input"] if include_input else []) + [name for name, _ in points]
