@@ -364,3 +364,8 @@ def check_per_channel(name: str, value, size: int | Sequence[int], *,
     check_tensor(name, value, allow_none=True)
     check_shape(name, value, shape, meaning=meaning)
     return value
+
+
+def check_seed(value, *, name: str = "seed") -> int:
+    """``value`` as a seed for ``torch.Generator.manual_seed`` and numpy: an int in ``[0, 2**63 - 1]``."""
+    return check_int(name, value, minimum=0, maximum=2**63 - 1)

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from normlib._checks import check_seed
+
 __all__ = [
     "Split",
     "load_digits",
@@ -83,6 +85,7 @@ def train_test_split(
     x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, name: str
 ) -> Split:
     """A seeded, stratification-free random split of numpy arrays into a :class:`Split`."""
+    check_seed(seed)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     n = len(x)
@@ -104,6 +107,7 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0, flatten: bool = Fals
         seed: seed of the random split.
         flatten: return ``(N, 64)`` vectors instead of ``(N, 1, 8, 8)`` images.
     """
+    check_seed(seed)
     from sklearn.datasets import load_digits as _sk_digits
 
     bunch = _sk_digits()
@@ -119,6 +123,7 @@ def load_wine(test_fraction: float = 0.3, seed: int = 0) -> Split:
     thousands, hue below 2), which is what makes this dataset a good example of
     why distance-based models need standardized inputs.
     """
+    check_seed(seed)
     from sklearn.datasets import load_wine as _sk_wine
 
     bunch = _sk_wine()
@@ -136,6 +141,7 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42, test_fraction: float =
     Returns:
         a :class:`Split` with inputs of shape ``(N, 1, 40)``.
     """
+    check_seed(seed)
     if num_samples < 20:
         raise ValueError(f"num_samples must be at least 20, got {num_samples}")
     from mnist1d.data import get_dataset_args, make_dataset

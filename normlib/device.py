@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from normlib._checks import check_nonnegative_int
+from normlib._checks import check_nonnegative_int, check_seed
 
 __all__ = ["default_device", "size_preset", "pick", "seed_everything", "SIZES"]
 
@@ -91,6 +91,7 @@ def pick(small: Any, full: Any) -> Any:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU ``torch.Generator`` seeded the same way."""
+    check_seed(seed)
     check_nonnegative_int("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -482,7 +482,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     if len(xs) != len(ys):
         raise ValueError(f"x and y must have the same length, got {len(xs)} and {len(ys)}")
     if len(xs) < 3:
-        raise ValueError(f"need at least 3 pairs for a rank correlation, got {len(xs)}")
+        raise ValueError(f"x and y need at least 3 pairs for a rank correlation, got {len(xs)}")
     if any(math.isnan(v) for v in xs + ys):
         raise ValueError("x and y must not contain NaN; drop those pairs first")
     rx, ry = _average_ranks(xs), _average_ranks(ys)

@@ -153,7 +153,7 @@ class Partition:
         """``x: (N, C, *)`` as ``(N, G, C // G, S)`` (a view when ``x`` is contiguous)."""
         n, c = x.shape[:2]
         g = self.groups(c)
-        return x.reshape(n, g, c // g, -1)
+        return x.reshape(n, g, c // g, math.prod(x.shape[2:]))
 
     def count(self, view_shape: torch.Size) -> int:
         """The number of elements that share one statistic."""
@@ -280,7 +280,7 @@ class RegionPartition:
 
     def view(self, x: Tensor) -> Tensor:
         n, c = x.shape[:2]
-        return x.reshape(n, c, 1, -1)
+        return x.reshape(n, c, 1, math.prod(x.shape[2:]))
 
     def count(self, view_shape: torch.Size) -> int:
         raise ValueError("region statistics vary in size per sample; they have no running estimate")
@@ -419,12 +419,31 @@ def update_running(
 ) -> None:
     """In place: ``running[k] = (1 - momentum) * running[k] + momentum * value_k`` (no gradient)."""
     with torch.no_grad():
+        updates = []
         for key in operation.keys:
             buf = running.get(key)
             if buf is None:
                 continue
-            value = operation.running_value(key, stats[key].detach(), count)
-            buf.lerp_(value.to(buf.dtype).reshape(buf.shape), momentum)
+            value = operation.running_value(key, stats[key].detach(), count).reshape(buf.shape)
+            if buf.dtype in (torch.float16, torch.bfloat16):
+                # Average in float32, and refuse (before any buffer is written) an estimate the
+                # buffer cannot hold: float16 overflows at 65504, and inf turns into NaN later.
+                new = buf.float().lerp(value.float(), momentum)
+                limit = torch.finfo(buf.dtype).max
+                if bool(torch.isfinite(value).all()) and float(new.abs().max()) > limit:
+                    raise ValueError(
+                        f"the running {key} ({float(new.abs().max()):.4g} at most) overflows the "
+                        f"layer's {buf.dtype} buffers (largest value {limit:.6g}): keep "
+                        "normalization layers in float32 (torch.autocast runs them so) or rescale "
+                        "the input")
+                updates.append((buf, new, None))
+            else:
+                updates.append((buf, value, momentum))
+        for buf, value, weight in updates:
+            if weight is None:
+                buf.copy_(value)
+            else:
+                buf.lerp_(value.to(buf.dtype), weight)
 
 
 def normalize(

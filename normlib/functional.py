@@ -570,7 +570,7 @@ def rms_norm(
     x: Tensor,
     normalized_shape: int | Sequence[int] | None = None,
     weight: Tensor | None = None,
-    eps: float = 1e-5,
+    eps: float | None = None,
     backend: str = "auto",
 ) -> Tensor:
     """RMSNorm (Zhang and Sennrich, 2019): divide by the root mean square, no centering.
@@ -585,7 +585,8 @@ def rms_norm(
         x: ``(N, C, *)`` or ``(*, *normalized_shape)``.
         normalized_shape: ``None`` or the trailing shape to normalize over.
         weight: ``(C,)`` or ``normalized_shape`` or ``None``.
-        eps: added to the mean square.
+        eps: added to the mean square; ``None`` (the default, as in ``torch.nn.RMSNorm``)
+            for the machine epsilon of ``x``'s dtype, ``torch.finfo(x.dtype).eps``.
         backend: ``"auto"`` (torch's kernel) or ``"framework"``.
 
     Returns:
@@ -596,6 +597,8 @@ def rms_norm(
         >>> bool(torch.allclose(y.pow(2).mean(1), torch.ones(2), atol=1e-4))
         True
     """
+    if eps is None and isinstance(x, Tensor) and x.is_floating_point():
+        eps = torch.finfo(x.dtype).eps  # torch.nn.RMSNorm's default
     if normalized_shape is None:
         _check_arguments(x, per_channel={"weight": weight}, eps=eps, backend=backend)
         op = Standardize(eps, center=False)
@@ -675,7 +678,10 @@ def instance_norm(
     spatial = x.numel() // max(x.shape[0] * c, 1)
     if backend == "auto":
         xc = _torch_ready(x, weight, bias, running_mean, running_var)
-        if xc is not None and not has_running and _torch_group_norm_accepts(x, c):
+        # torch's own instance-norm kernel (not group_norm with G = C, whose one-pass variance
+        # loses accuracy at large offsets and overflows sooner): equal to torch.nn.InstanceNorm.
+        # One value per statistic ((N, C) vectors), which that kernel refuses, goes to group_norm.
+        if xc is not None and spatial == 1 and not has_running and _torch_group_norm_accepts(x, c):
             return F.group_norm(xc, c, weight, bias, eps).to(x.dtype)
         if xc is not None and spatial > 1:
             out = F.instance_norm(
@@ -1207,5 +1213,5 @@ def local_context_norm(
     out = out.reshape(x.shape)
     affine = _affine(weight, bias)
     if affine is not None:
-        out = affine(out.reshape(x.shape[0], c, 1, -1), INSTANCE).reshape(x.shape)
+        out = affine(out.reshape(x.shape[0], c, 1, math.prod(x.shape[2:])), INSTANCE).reshape(x.shape)
     return out.to(x.dtype)

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -99,6 +100,32 @@ def resolve_groups(num_features: int, num_groups: int | None, group_size: int | 
     return default_num_groups(num_features)
 
 
+def _guard_forward(forward):
+    """Wrap a normalizer's ``forward``: empty batches, and no trace of a batch that raised.
+
+    An empty batch returns an empty output (see :meth:`NormLayer._empty_output`). A forward
+    that raises leaves the batch counter where it was (statistics are only written once a
+    batch has been accepted), so a rejected batch does not mis-weight a cumulative average.
+    """
+
+    @functools.wraps(forward)
+    def guarded(self, x, *args, **kwargs):
+        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == 0:
+            return self._empty_output(x)
+        counter = getattr(self, "num_batches_tracked", None)
+        saved = counter.clone() if isinstance(counter, Tensor) and self.training else None
+        try:
+            return forward(self, x, *args, **kwargs)
+        except BaseException:
+            if saved is not None:
+                with torch.no_grad():
+                    counter.copy_(saved)
+            raise
+
+    guarded._normlib_guarded = True
+    return guarded
+
+
 class NormLayer(nn.Module):
     """Base of the normalization layers: argument checks, affine parameters, running statistics.
 
@@ -119,6 +146,28 @@ class NormLayer(nn.Module):
         device: factory argument.
         dtype: factory argument.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        """Every subclass's ``forward`` is guarded by :meth:`_guarded_forward`."""
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is not None and not getattr(forward, "_normlib_guarded", False):
+            cls.forward = _guard_forward(forward)
+
+    def _empty_output(self, x: Tensor) -> Tensor:
+        """The output for an empty batch (``N = 0``): an empty tensor of the input's shape.
+
+        As torch's layers do; the shape is still checked, and no statistic or counter moves
+        (torch's BatchNorm counts an empty batch; a cumulative average would then be mis-weighted).
+        """
+        shape = getattr(self, "normalized_shape", None)
+        if shape is not None:
+            if tuple(x.shape[-len(shape):]) != tuple(shape):
+                raise ValueError(f"x has shape {tuple(x.shape)}, whose trailing dimensions must be "
+                                 f"the layer's normalized_shape {tuple(shape)}")
+        else:
+            check_input(x, num_features=self.num_features)
+        return x.clone()
 
     running_keys: tuple[str, ...] = ()
     # Statistics pooled over the batch, so training (and evaluation without running
@@ -163,6 +212,17 @@ class NormLayer(nn.Module):
             torch.tensor(0, dtype=torch.long, device=device) if self.track_running_stats else None,
         )
         self.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # As torch's BatchNorm: checkpoints written before the batch counter existed have no
+        # ``num_batches_tracked``; they load with the layer's current count.
+        key = prefix + "num_batches_tracked"
+        if self.num_batches_tracked is not None and key not in state_dict and any(
+                k.startswith(prefix + "running_") for k in state_dict):
+            state_dict[key] = self.num_batches_tracked.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, batch counter 0."""
@@ -447,7 +507,8 @@ class RMSNorm(NormLayer):
 
     Args:
         num_features: ``C``, or the trailing shape.
-        eps: added to the mean square.
+        eps: added to the mean square; ``None`` (default, as ``torch.nn.RMSNorm``) for
+            ``torch.finfo(x.dtype).eps``.
         affine: learn the gain ``weight``.
         backend: ``"auto"`` (torch's kernel) or ``"framework"``.
         device: factory argument.
@@ -458,11 +519,12 @@ class RMSNorm(NormLayer):
         torch.Size([3, 8])
     """
 
-    def __init__(self, num_features: int | tuple[int, ...], eps: float = 1e-5,
+    def __init__(self, num_features: int | tuple[int, ...], eps: float | None = None,
                  affine: bool = True, backend: str = "auto", device=None, dtype=None):
         self.normalized_shape = _trailing_shape(num_features)
-        super().__init__(num_features, eps, None, affine, bias=False,
+        super().__init__(num_features, 1e-5 if eps is None else eps, None, affine, bias=False,
                          param_shape=self.normalized_shape, device=device, dtype=dtype)
+        self.eps = eps  # None: the input dtype's machine epsilon, as torch.nn.RMSNorm
         self.backend = check_choice("backend", backend, BACKENDS)
 
     def _check(self, x: Tensor) -> None:

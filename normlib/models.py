@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from normlib._checks import check_positive_int
-from normlib.registry import NormSpec, norm_factory, weight_transform
+from normlib.registry import NormSpec, is_weight_norm, norm_factory, weight_transform
 
 __all__ = ["MLP", "VGG", "ResNet", "BasicBlock", "resnet20", "resnet56", "kaiming_init_",
            "has_activation_norm"]
@@ -54,6 +54,21 @@ def _activation(name: str) -> nn.Module:
     if not isinstance(name, str) or name.lower() not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(_ACTIVATIONS))}")
     return _ACTIVATIONS[name.lower()]()
+
+
+def _norm_builders(norm: NormSpec, norm_kwargs: dict | None):
+    """``(make_norm, weight_transform)`` for a model, with ``norm_kwargs`` sent where they apply.
+
+    An activation normalizer gets them at construction; a weight normalizer's options
+    (``eps``, ``n_power_iterations``, ...) go to its weight transform, which validates them
+    when the model is built, instead of being swallowed by the ``nn.Identity`` in its slot.
+    """
+    if norm_kwargs is not None and not isinstance(norm_kwargs, dict):
+        raise TypeError(f"norm_kwargs must be a dict of keyword arguments, got {type(norm_kwargs).__name__}")
+    kwargs = dict(norm_kwargs or {})
+    if is_weight_norm(norm):
+        return norm_factory(norm), weight_transform(norm, **kwargs)
+    return norm_factory(norm, **kwargs), weight_transform(norm)
 
 
 def has_activation_norm(norm: NormSpec, num_features: int = 8) -> bool | None:
@@ -128,9 +143,8 @@ class MLP(nn.Module):
         for name, value in [("in_features", in_features), ("num_classes", num_classes),
                             ("width", width), ("depth", depth)]:
             check_positive_int(name, value)
-        norm_kwargs = dict(norm_kwargs or {})
-        make_norm = norm_factory(norm, **norm_kwargs)
-        reparam = _initialized(weight_transform(norm), activation)
+        make_norm, transform = _norm_builders(norm, norm_kwargs)
+        reparam = _initialized(transform, activation)
         bias = has_activation_norm(norm) is False
         self.in_features, self.width, self.depth = in_features, width, depth
         layers = []
@@ -186,8 +200,8 @@ class VGG(nn.Module):
             check_positive_int(name, value)
         if depth < num_stages:
             raise ValueError(f"depth={depth} must be at least num_stages={num_stages}")
-        make_norm = norm_factory(norm, **dict(norm_kwargs or {}))
-        reparam = _initialized(weight_transform(norm))
+        make_norm, transform = _norm_builders(norm, norm_kwargs)
+        reparam = _initialized(transform)
         bias = has_activation_norm(norm) is False
         per_stage = [depth // num_stages + (1 if s < depth % num_stages else 0)
                      for s in range(num_stages)]
@@ -276,8 +290,8 @@ class ResNet(nn.Module):
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, ...), got {depth}")
         n = (depth - 2) // 6
-        make_norm = norm_factory(norm, **dict(norm_kwargs or {}))
-        reparam = _initialized(weight_transform(norm))
+        make_norm, transform = _norm_builders(norm, norm_kwargs)
+        reparam = _initialized(transform)
         bias = has_activation_norm(norm) is False
         if skipinit is True:
             alpha = 0.0

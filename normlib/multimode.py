@@ -394,7 +394,7 @@ class SwitchableWhiten(Operation):
         mean = sum(wm[i] * moments[k][0] for i, k in enumerate(self.modes))
         cov = sum(wc[i] * moments[k][1] for i, k in enumerate(self.modes))
         g = whitening_matrix(cov, self.method, self.eps, self.iterations)
-        return merge_groups(g @ (samples - mean)).reshape(n, c, 1, -1)
+        return merge_groups(g @ (samples - mean)).reshape(n, c, 1, xv.shape[-1])
 
     def running_value(self, key: str, stat: Tensor, count: int) -> Tensor:
         value = stat.mean(dim=0)
@@ -541,7 +541,7 @@ class ModeNorm(NormLayer):
 
     def gates(self, x: Tensor) -> Tensor:
         """``g(x): (N, K)``, softmax of an affine map of the spatially averaged input."""
-        pooled = x.reshape(x.shape[0], x.shape[1], -1).mean(-1)
+        pooled = x.flatten(2).mean(-1) if x.dim() > 2 else x
         return self.gate(pooled.to(self.gate.weight.dtype)).softmax(-1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -191,8 +191,10 @@ def relative_updates(
     global learning rate gives layers relative updates as different as their
     ratios :math:`\|\nabla w\| / \|w\|`, while LARS makes them all equal
     (chapter "Review III"). The step is taken and then undone: parameters,
-    buffers (e.g. BatchNorm running statistics), ``.grad`` fields and the
-    optimizer's state are restored, also if the closure raises.
+    buffers (e.g. BatchNorm running statistics), modes, ``.grad`` fields (the same
+    tensors) and the optimizer's state (in place, so that a wrapper or a
+    learning-rate scheduler attached to it stays in step) are restored, also if the
+    closure raises.
 
     Args:
         model: the model whose named parameters are reported.
@@ -217,29 +219,67 @@ def relative_updates(
         >>> torch.equal(lin.weight, before)
         True
     """
+    from normlib._state import preserved_state
+
     params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    saved_params = {name: p.detach().clone() for name, p in params.items()}
-    saved_grads = {name: None if p.grad is None else p.grad.detach().clone()
-                   for name, p in params.items()}
-    saved_buffers = {name: b.detach().clone() for name, b in buffers.items()}
-    saved_state = copy.deepcopy(optimizer.state_dict())
-    try:
+    before = {name: p.detach().clone() for name, p in params.items()}
+    with preserved_state(model), _preserved_optimizer(optimizer):
         optimizer.step(closure)
         out = {}
         for name, p in params.items():
-            norm = float(torch.linalg.vector_norm(saved_params[name]))
-            step = float(torch.linalg.vector_norm(p.detach() - saved_params[name]))
+            norm = float(torch.linalg.vector_norm(before[name]))
+            step = float(torch.linalg.vector_norm(p.detach() - before[name]))
             out[name] = step / norm if norm > 0 else float("nan")
-        return out
-    finally:
+    return out
+
+
+class _preserved_optimizer:
+    """Undo one step of ``optimizer`` in place: its state tensors, group options and counters.
+
+    In place, not through ``load_state_dict`` (which replaces the group dicts): a wrapper that
+    shares the groups, and a learning-rate scheduler that reads them, stay in step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+
+    def __enter__(self):
+        opt = self.optimizer
+        self.groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
+                       for g in opt.param_groups]
+        self.state = {p: {k: (v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v))
+                          for k, v in st.items()}
+                      for p, st in opt.state.items()}
+        self.state_objects = {p: dict(st) for p, st in opt.state.items()}
+        self.attrs = {k: getattr(opt, k) for k in ("_opt_called", "_step_count") if hasattr(opt, k)}
+        return opt
+
+    def __exit__(self, *exc):
+        opt = self.optimizer
+        for group, saved in zip(opt.param_groups, self.groups):
+            for key in [k for k in group if k != "params" and k not in saved]:
+                del group[key]
+            group.update(saved)
+        for p in [p for p in opt.state if p not in self.state]:
+            del opt.state[p]
         with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(saved_params[name])
-                p.grad = saved_grads[name]
-            for name, b in buffers.items():
-                b.copy_(saved_buffers[name])
-        optimizer.load_state_dict(saved_state)
+            for p, saved in self.state.items():
+                st = opt.state[p]
+                for key in [k for k in st if k not in saved]:
+                    del st[key]
+                for key, value in saved.items():
+                    obj = self.state_objects[p].get(key)
+                    if isinstance(obj, torch.Tensor) and obj.shape == value.shape:
+                        obj.data.copy_(value)  # the same tensor object, its values back
+                        st[key] = obj
+                    else:
+                        st[key] = value
+        for key in ("_opt_called", "_step_count"):
+            if key in self.attrs:
+                setattr(opt, key, self.attrs[key])
+            elif hasattr(opt, key) and key in vars(opt):
+                delattr(opt, key)
+        return False
 
 
 # ------------------------------------------------------------------------- wrappers
@@ -308,26 +348,36 @@ class GradientTransform(Optimizer):
         raise NotImplementedError
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None):
-        """Transform every gradient in place, then take the wrapped optimizer's step.
-
-        Args:
-            closure: re-evaluates the model and returns the loss (called once).
-
-        Returns:
-            The closure's loss, or ``None``.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _transform_grads(self) -> None:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     grad = _dense_grad(p, type(self).__name__)
                     grad.copy_(self.transform(grad, group))
-        self.optimizer.step()
-        return loss
+
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Transform every gradient in place, then take the wrapped optimizer's step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss. It is handed on to the
+                wrapped optimizer (wrapped so that every evaluation's gradients are
+                transformed), so optimizers that evaluate it several times per step, such as
+                ``torch.optim.LBFGS``, work as they do unwrapped.
+
+        Returns:
+            What the wrapped optimizer's step returns (the closure's loss, or ``None``).
+        """
+        if closure is None:
+            self._transform_grads()
+            return self.optimizer.step()
+
+        def transformed_closure():
+            with torch.enable_grad():
+                loss = closure()
+            self._transform_grads()
+            return loss
+
+        return self.optimizer.step(transformed_closure)
 
     def __repr__(self) -> str:
         own = ", ".join(f"{k}={self.param_groups[0][k]}" for k in self._own_defaults)

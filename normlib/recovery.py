@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -113,7 +114,7 @@ class SampleAffine:
         if t.dim() == 1:
             t = t.unsqueeze(0)
         # (N or 1, C, ...) -> (N or 1, C, 1 or S) -> the partition's (N, G, C // G, 1 or S).
-        return partition.view(t.reshape(t.shape[0], t.shape[1], -1))
+        return partition.view(t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:])))
 
     def __call__(self, xv: Tensor, partition: Partition) -> Tensor:
         if self.weight is not None:
@@ -474,7 +475,7 @@ class AttentiveNorm(nn.Module):
 
     def attention_weights(self, x: Tensor) -> Tensor:
         """``lambda(x): (N, K)`` from the spatially averaged input."""
-        pooled = x.reshape(x.shape[0], x.shape[1], -1).mean(-1)
+        pooled = x.flatten(2).mean(-1) if x.dim() > 2 else x
         logits = self.attention_fc(pooled.to(self.attention_fc.weight.dtype))
         return torch.sigmoid(logits) if self.attention == "sigmoid" else logits.softmax(-1)
 

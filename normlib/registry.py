@@ -27,6 +27,7 @@ from normlib._checks import check_positive_int, check_str
 __all__ = [
     "register_norm",
     "register_weight_norm",
+    "is_weight_norm",
     "create_norm",
     "available_norms",
     "NormSpec",
@@ -135,6 +136,15 @@ def register_weight_norm(name: str, *aliases: str, override: bool = False):
         return fn
 
     return decorator
+
+
+def is_weight_norm(norm: NormSpec) -> bool:
+    """Whether ``norm`` names a registered weight normalizer (``"wn"``, ``"sn"``, ``"sws"``, ...).
+
+    >>> is_weight_norm("sn"), is_weight_norm("bn"), is_weight_norm(None)
+    (True, False, False)
+    """
+    return isinstance(norm, str) and _ALIASES.get(_key(norm), _key(norm)) in _WEIGHT
 
 
 def weight_transform(norm: NormSpec, **kwargs) -> Callable[[nn.Module], nn.Module]:

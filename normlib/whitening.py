@@ -49,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -89,15 +90,19 @@ def _check_method(method) -> None:
         raise ValueError(f"method must be one of {WHITENING_METHODS}, got {method!r}")
 
 
-def _check_group_size(group_size, d: int, what: str = "channels") -> int:
-    """The group size for ``d`` rows: ``group_size`` if it divides ``d``, ``d`` if ``None``."""
+def _check_group_size(group_size, d: int, what: str = "channels", name: str = "group_size") -> int:
+    """The group size for ``d`` rows: ``group_size`` if it divides ``d``, ``d`` if ``None``.
+
+    ``name`` is the argument the caller's user gave (``"num_groups"`` for group whitening,
+    whose group count is checked the same way), so the message names what to change.
+    """
     if group_size is None:
         return d
-    check_positive_int("group_size", group_size)
+    check_positive_int(name, group_size)
     if d % group_size:
         divisors = [k for k in range(1, d + 1) if d % k == 0]
         raise ValueError(
-            f"group_size={group_size} does not divide the {d} {what}; choose one of {divisors}"
+            f"{name}={group_size} does not divide the {d} {what}; choose one of {divisors}"
         )
     return group_size
 
@@ -192,6 +197,26 @@ def _inverse_sqrt_second_frechet(evecs: Tensor, s: Tensor, e: Tensor, g: Tensor)
     return evecs @ inner @ ut
 
 
+class _full_precision:
+    """Context: ``a`` in at least float32, with autocast off inside (eigensolvers need float32).
+
+    As autocast does for its float32 operations: a float16/bfloat16 input is computed on in
+    float32 and the result stays float32; the backward casts incoming gradients to match.
+    """
+
+    def __init__(self, a: Tensor):
+        self.a = a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
+        self.ctx = torch.autocast(a.device.type, enabled=False) if a.device.type in ("cpu", "cuda") \
+            else contextlib.nullcontext()
+
+    def __enter__(self) -> Tensor:
+        self.ctx.__enter__()
+        return self.a
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc)
+
+
 class _InverseSqrtSymmetric(torch.autograd.Function):
     """``A^{-1/2}`` of a symmetric positive definite ``A`` with a divided-difference backward."""
 
@@ -206,6 +231,7 @@ class _InverseSqrtSymmetric(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         a, evecs, s = ctx.saved_tensors
+        grad = grad.to(evecs.dtype)  # under autocast the incoming gradient may be lower precision
         # Through a Function of its own, so that a second backward pass (Hessian-vector
         # products) differentiates the Frechet derivative exactly instead of dropping it.
         return _InverseSqrtFrechet.apply(a, grad, evecs, s), None
@@ -222,6 +248,7 @@ class _InverseSqrtFrechet(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_b: Tensor):
         a, g, evecs, s = ctx.saved_tensors
+        grad_b = grad_b.to(evecs.dtype)
         # Df(A) is self-adjoint, and <H, D^2 f(A)[E, G]> is symmetric in H, E and G, so the
         # adjoints are Df(A)[sym H] (for G) and D^2 f(A)[sym H, sym G] (for A).
         grad_g = _InverseSqrtFrechet.apply(a, grad_b, evecs, s) if ctx.needs_input_grad[1] else None
@@ -276,7 +303,8 @@ def inverse_sqrt_symmetric(a: Tensor, floor: float = 0.0) -> Tensor:
         >>> inverse_sqrt_symmetric(torch.diag(torch.tensor([4.0, 4.0, 1.0]))).diagonal().tolist()
         [0.5, 0.5, 1.0]
     """
-    return _InverseSqrtSymmetric.apply(a, floor)
+    with _full_precision(a) as a32:
+        return _InverseSqrtSymmetric.apply(a32, floor)
 
 
 class _BroadenedEigh(torch.autograd.Function):
@@ -296,6 +324,8 @@ class _BroadenedEigh(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_evals: Tensor | None, grad_evecs: Tensor | None):
         a, evals, evecs = ctx.saved_tensors
+        grad_evals = None if grad_evals is None else grad_evals.to(evals.dtype)
+        grad_evecs = None if grad_evecs is None else grad_evecs.to(evecs.dtype)
         with torch.no_grad():
             vt = evecs.transpose(-1, -2)
             inner = torch.zeros_like(evecs)
@@ -380,19 +410,25 @@ def whitening_matrix(cov: Tensor, method: str = "zca", eps: float = 1e-5,
     check_positive_int("iterations", iterations)
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"cov must have shape (..., d, d), got {tuple(cov.shape)}")
-    cov = cov + eps * _identity_like(cov)
-    if method == "zca":
-        return inverse_sqrt_symmetric(cov, eps)
-    if method == "pca":
-        evals, evecs = _BroadenedEigh.apply(cov)
-        inv_sqrt = evals.clamp_min(eps).rsqrt()
-        return (evecs * inv_sqrt.unsqueeze(-2)).transpose(-1, -2).flip(-2)
-    if method == "cholesky":
-        chol = torch.linalg.cholesky(cov)
-        return torch.linalg.solve_triangular(chol, _identity_like(cov), upper=False)
-    if method == "iternorm":
-        return _iternorm_matrix(cov, iterations)
-    return torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1).rsqrt())
+    if not bool(torch.isfinite(cov).all()):
+        raise ValueError(
+            f"cannot whiten: the {tuple(cov.shape[-2:])} covariance has non-finite entries, so the "
+            f"input holds non-finite values (NaN or inf) or is so large that its second moments "
+            f"overflowed {cov.dtype}; check the input of the whitening layer (torch.isfinite(x).all())")
+    with _full_precision(cov) as cov:
+        cov = cov + eps * _identity_like(cov)
+        if method == "zca":
+            return inverse_sqrt_symmetric(cov, eps)
+        if method == "pca":
+            evals, evecs = _BroadenedEigh.apply(cov)
+            inv_sqrt = evals.clamp_min(eps).rsqrt()
+            return (evecs * inv_sqrt.unsqueeze(-2)).transpose(-1, -2).flip(-2)
+        if method == "cholesky":
+            chol = torch.linalg.cholesky(cov)
+            return torch.linalg.solve_triangular(chol, _identity_like(cov), upper=False)
+        if method == "iternorm":
+            return _iternorm_matrix(cov, iterations)
+        return torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1).rsqrt())
 
 
 def whiten(x: Tensor, method: str = "zca", group_size: int | None = None, eps: float = 1e-5,
@@ -802,7 +838,7 @@ class GroupWhitening(NormLayer):
                  affine: bool = True, method: str = "zca", iterations: int = 5,
                  device=None, dtype=None):
         check_positive_int("num_features", num_features)
-        _check_group_size(num_groups, num_features)
+        _check_group_size(num_groups, num_features, name="num_groups")
         Whiten(method, None, 1.0, iterations)
         self.num_groups = num_groups
         self.method = method

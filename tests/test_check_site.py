@@ -83,7 +83,7 @@ def site(tmp_path_factory):
             + FIGURE.format(n=1, src="ok.svg", alt="Two curves that meet at depth ten", caption="Curves.")
             + FIGURE.format(n=2, src="retina.png", alt="A grey band across the panel", caption="Band.")
             + EXPLORER.format(view="", script=LIVE)
-            + "<section><h2>Summary</h2><ul><li>one</li></ul></section>" + EXERCISES)
+            + "<section><h2>1.4. Summary</h2><ul><li>one</li></ul></section>" + EXERCISES)
     bad = ("<h1>Bad</h1>" + LINKS.format(name="bad")
            + FIGURE.format(n=1, src="wide.svg", alt="../_images/wide.svg", caption="Wide.")
            + "<figure><img src='../_images/raw.png' alt='raw.png'></figure>"

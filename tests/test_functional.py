@@ -655,7 +655,7 @@ def test_standardizers_give_zero_mean_and_unit_variance_over_their_partition(
 
 RMS_SCALERS = {
     # name: (layer with affine off, axes of x that share the mean square)
-    "rms": (lambda c, be: L.RMSNorm(c, affine=False, backend=be), "layer"),
+    "rms": (lambda c, be: L.RMSNorm(c, eps=1e-5, affine=False, backend=be), "layer"),
     "vn": (lambda c, be: L.VarianceNorm(c, affine=False), "batch"),
     "frn": (lambda c, be: L.FilterResponseNorm(c, eps=1e-5, affine=False, use_tlu=False),
             "instance"),

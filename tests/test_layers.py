@@ -209,12 +209,12 @@ def test_group_norm_by_group_size_equals_torch_group_norm_with_matching_groups()
 @pytest.mark.parametrize("normalized_shape, shape", [((8,), (3, 8)), ((8,), (2, 5, 8))])
 def test_rms_norm_equals_torch_rms_norm(normalized_shape, shape, backend, dtype):
     assert_same_layer(L.RMSNorm(normalized_shape, backend=backend),
-                      nn.RMSNorm(normalized_shape, eps=1e-5), shape, dtype)
+                      nn.RMSNorm(normalized_shape), shape, dtype)  # both default eps: finfo(dtype).eps
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rms_norm_int_form_on_vectors_equals_torch_rms_norm(backend):
-    assert_same_layer(L.RMSNorm(8, backend=backend), nn.RMSNorm(8, eps=1e-5), (5, 8),
+    assert_same_layer(L.RMSNorm(8, backend=backend), nn.RMSNorm(8), (5, 8),
                       torch.float64)
 
 
@@ -223,7 +223,7 @@ class _TorchRMSOverChannelsAndSpace(nn.Module):
 
     def __init__(self, shape):
         super().__init__()
-        self.inner = nn.RMSNorm(shape, eps=1e-5, elementwise_affine=False)
+        self.inner = nn.RMSNorm(shape, elementwise_affine=False)
         self.weight = nn.Parameter(torch.ones(shape[0]))
 
     def forward(self, x):

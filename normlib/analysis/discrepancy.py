@@ -18,6 +18,7 @@ from torch import Tensor
 from normlib._checks import (
     check_float,
     check_positive_int,
+    check_seed,
 )
 from normlib.analysis.stochasticity import (
     _WHITENING_NAME,
@@ -115,6 +116,7 @@ def train_inference_discrepancy(
         >>> r.eval_vs_population < r.train_vs_eval
         True
     """
+    check_seed(seed)
     data, method, m, d = _check_snd_arguments(data, batch_size, method)
     check_positive_int("num_updates", num_updates)
     check_positive_int("num_samples", num_samples)

@@ -11,8 +11,9 @@ invariance table.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +23,10 @@ from normlib._checks import (
     check_eps,
     check_positive_float,
     check_positive_int,
+    check_seed,
 )
-from normlib.registry import create_norm, weight_transform
+from normlib._state import preserved_state
+from normlib.registry import available_norms, create_norm, weight_transform
 
 __all__ = ["invariance_error", "InvarianceTable", "invariance_table", "TRANSFORMS"]
 
@@ -56,9 +59,23 @@ def _check_names(names, known, what: str) -> list[str]:
 def _norm_unit(norm: str, in_features: int, out_features: int, eps: float, norm_kwargs: dict):
     """``Conv1d(in, out, 1)`` with the weight normalizer ``norm``, then the activation normalizer ``norm``."""
     linear = nn.Conv1d(in_features, out_features, 1, bias=False)
-    linear = weight_transform(norm, eps=eps)(linear) if _is_weight_norm(norm) else linear
-    unit = nn.Sequential(linear, create_norm(norm, out_features, eps=eps, **norm_kwargs))
-    return unit.double()
+    if _is_weight_norm(norm):
+        return nn.Sequential(weight_transform(norm, eps=eps)(linear), nn.Identity()).double()
+    kwargs = dict(norm_kwargs)
+    if "eps" not in kwargs and _accepts(norm, "eps"):
+        kwargs["eps"] = eps  # normalizers without an eps (LRN, attentive, ...) get none
+    return nn.Sequential(linear, create_norm(norm, out_features, **kwargs)).double()
+
+
+def _accepts(norm: str, argument: str) -> bool:
+    """Whether the registered normalizer ``norm`` takes keyword ``argument``."""
+    try:
+        create_norm(norm, 4, **{argument: 1e-3})
+    except TypeError:
+        return False
+    except ValueError:
+        return True  # it takes the argument (and may refuse other defaults)
+    return True
 
 
 def _is_weight_norm(norm: str) -> bool:
@@ -106,7 +123,7 @@ def invariance_error(
     norm: str,
     transform: str,
     *,
-    in_features: int = 6,
+    in_features: int = 12,
     out_features: int = 8,
     spatial_size: int = 4,
     batch_size: int = 16,
@@ -147,6 +164,7 @@ def invariance_error(
         >>> invariance_error("ln", "data_recentering") > 0.1
         True
     """
+    check_seed(seed)
     if not isinstance(norm, str):
         raise TypeError(f"norm must be a registered name (str), got {type(norm).__name__}")
     _check_names([transform], list(TRANSFORMS), "transform")
@@ -166,9 +184,13 @@ def invariance_error(
     params = dict(unit.named_parameters())
     x = torch.randn(batch_size, in_features, spatial_size, generator=gen, dtype=torch.float64) + 0.5
     w_new, x_new = _transformed(transform, params[key].detach(), x, gen)
+    # Both outputs from one state: a normalizer with running estimates (population norm)
+    # would otherwise let the first evaluation change what the second one reads.
     with torch.no_grad():
-        y = functional_call(unit, {key: params[key].detach()}, (x,))
-        y_new = functional_call(unit, {key: w_new}, (x_new,))
+        with preserved_state(unit):
+            y = functional_call(unit, {key: params[key].detach()}, (x,))
+        with preserved_state(unit):
+            y_new = functional_call(unit, {key: w_new}, (x_new,))
     ref = float(y.norm())
     # A normalizer that sees one value per statistic outputs rounding noise (x - mean(x) = 0).
     if ref <= 1e-6 * float(x.norm()):
@@ -188,16 +210,20 @@ class InvarianceTable:
         transforms: column names (keys of :data:`TRANSFORMS`).
         errors: ``(len(norms), len(transforms))`` relative output changes (:func:`invariance_error`).
         tol: an entry is invariant when its error is below ``tol``.
+        not_applicable: normalizers the question does not apply to, with the reason (their
+            row of ``errors`` is NaN), e.g. a normalizer that needs arguments the table did not
+            give, or whose output is zero up to rounding on the table's data.
     """
 
     norms: list[str]
     transforms: list[str]
     errors: Tensor
     tol: float
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
     @property
     def invariant(self) -> Tensor:
-        """``(len(norms), len(transforms))`` bool: ``errors < tol``."""
+        """``(len(norms), len(transforms))`` bool: ``errors < tol`` (``False`` where not applicable)."""
         return self.errors < self.tol
 
     def as_dict(self) -> dict[str, dict[str, bool]]:
@@ -248,9 +274,15 @@ def invariance_table(
     transforms = _check_names(transforms, list(TRANSFORMS), "transform")
     check_positive_float("tol", tol)
     per_norm = {"gn": {"num_groups": 2}} if norm_kwargs is None else dict(norm_kwargs)
-    errors = torch.tensor(
-        [[invariance_error(n, t, norm_kwargs=per_norm.get(n), **kwargs) for t in transforms]
-         for n in norms],
-        dtype=torch.float64,
-    ).reshape(len(norms), len(transforms))
-    return InvarianceTable(norms, transforms, errors, tol)
+    errors = torch.full((len(norms), len(transforms)), math.nan, dtype=torch.float64)
+    skipped = {}
+    for i, n in enumerate(norms):
+        try:
+            for j, t in enumerate(transforms):
+                errors[i, j] = invariance_error(n, t, norm_kwargs=per_norm.get(n), **kwargs)
+        except (ValueError, TypeError) as err:
+            if n not in available_norms():
+                raise
+            errors[i] = math.nan
+            skipped[n] = str(err)
+    return InvarianceTable(norms, transforms, errors, tol, skipped)

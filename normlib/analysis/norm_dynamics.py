@@ -32,6 +32,7 @@ from normlib._checks import (
     check_nonnegative_float,
     check_positive_float,
     check_positive_int,
+    check_seed,
 )
 from normlib.hessian import preserved_model_state
 
@@ -96,12 +97,16 @@ def scale_invariant_parameters(
     names = []
     with preserved_model_state(model), torch.no_grad():
         model.train(mode == "train")
-        y = model(x)
+        # Every evaluation from the same state: running estimates a forward pass updates
+        # (population norm) would otherwise change what the next evaluation reads.
+        with preserved_model_state(model):
+            y = model(x)
         ref = float(y.norm())
         for name, p in model.named_parameters():
             if not bool(p.detach().any()):
                 continue
-            y_new = functional_call(model, {name: factor * p.detach()}, (x,))
+            with preserved_model_state(model):
+                y_new = functional_call(model, {name: factor * p.detach()}, (x,))
             if float((y_new - y).norm()) <= tol * ref:
                 names.append(name)
     return names
@@ -185,7 +190,8 @@ def equilibrium_norm(lr: float, weight_decay: float, unit_grad_norm: float) -> f
     g = check_nonnegative_float("unit_grad_norm", unit_grad_norm)
     if lr * weight_decay >= 1.0:
         raise ValueError(f"lr * weight_decay must be < 1, got {lr * weight_decay!r}")
-    return (lr**2 * g**2 / (1.0 - (1.0 - lr * weight_decay) ** 2)) ** 0.25
+    # 1 - (1 - lr wd)^2 = lr wd (2 - lr wd): no cancellation (or division by zero) at tiny lr wd.
+    return (lr * g**2 / (weight_decay * (2.0 - lr * weight_decay))) ** 0.25
 
 
 def _angle(a: Tensor, b: Tensor) -> float:
@@ -251,6 +257,7 @@ def sgd_norm_dynamics(
         >>> bool((d.norms[1:] > d.norms[:-1]).all())  # no weight decay: the norm only grows
         True
     """
+    check_seed(seed)
     check_module("model", model)
     lr = check_positive_float("lr", lr)
     check_positive_int("steps", steps)

@@ -24,6 +24,7 @@ from normlib._checks import (
     check_callable,
     check_mode,
     check_module,
+    check_seed,
     check_tensor,
 )
 from normlib.hessian import preserved_model_state
@@ -268,6 +269,7 @@ def scale_dynamics(
         >>> [round(v, 4) for v in m.weight_grad.tolist()]
         [0.5, 0.25, 1.0]
     """
+    check_seed(seed)
     check_module("model", model)
     check_mode(mode)
     check_tensor("x", x)

@@ -24,6 +24,7 @@ from normlib import functional as NF
 from normlib._checks import (
     check_int,
     check_positive_int,
+    check_seed,
     check_str,
     check_tensor,
 )
@@ -247,6 +248,7 @@ def stochastic_normalization_disturbance(
         >>> 0.35 < large.value / small.value < 0.65  # about 1/sqrt(4)
         True
     """
+    check_seed(seed)
     data, method, m, d = _check_snd_arguments(data, batch_size, method)
     check_positive_int("num_samples", num_samples)
     check_positive_int("num_batches", num_batches, minimum=2)

@@ -26,6 +26,7 @@ from normlib._checks import (
     check_nonnegative_int,
     check_positive_float,
     check_positive_int,
+    check_seed,
 )
 from normlib.hessian.eigen import EigenResult, top_eigenpairs
 from normlib.hessian.operator import _as_operator, _is_batch, preserved_model_state
@@ -79,11 +80,14 @@ def condition_number(
         >>> condition_number(torch.tensor([4.0, 1.0, 1e-9]), rtol=1e-6)
         4.0
     """
+    check_seed(seed)
     check_float("rtol", rtol, low=0.0, high=1.0, high_open=True, example=1e-6)
     if isinstance(source, torch.Tensor) and source.dim() == 1:
         values = source.detach().cpu().to(torch.float64)
         if values.numel() == 0:
             raise ValueError("condition_number needs at least one eigenvalue")
+        if bool(torch.isnan(values).any()):
+            raise ValueError("the eigenvalues given as source contain NaN: kappa is undefined")
     else:
         if rtol > 0:
             raise ValueError(
@@ -337,6 +341,7 @@ def run_sgd(
         >>> run.diverged, round(float(run.losses[-1]), 8)
         (False, 0.0)
     """
+    check_seed(seed)
     check_positive_float("lr", lr, example=0.1)
     check_nonnegative_int("steps", steps)
     if batch_size is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from normlib._checks import check_positive_float, check_positive_int
+from normlib._checks import check_positive_float, check_positive_int, check_seed
 from normlib.hessian.operator import _as_operator, _progress, _random_vectors
 
 __all__ = ["ConvergenceWarning", "LanczosResult", "lanczos", "EigenResult", "top_eigenpairs"]
@@ -177,6 +177,7 @@ def lanczos(
         >>> res.ritz()[0][-1].item()
         10.0
     """
+    check_seed(seed)
     operator = _as_operator(operator)
     check_positive_int("num_iters", num_iters)
     n = operator.shape[0]
@@ -341,6 +342,7 @@ def top_eigenpairs(
         >>> top_eigenpairs(A, k=1, method="power").eigenvalues
         tensor([-7.], dtype=torch.float64)
     """
+    check_seed(seed)
     op = _as_operator(operator)
     n = op.shape[0]
     check_positive_int("k", k)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from normlib._checks import check_positive_int
+from normlib._checks import check_positive_int, check_seed
 from normlib.hessian.eigen import lanczos
 from normlib.hessian.operator import _as_operator, _progress, _random_vectors
 
@@ -90,6 +90,7 @@ def hessian_trace(
         >>> hessian_trace(A, num_probes=10).value  # diagonal: Rademacher probes are exact
         6.0
     """
+    check_seed(seed)
     op = _as_operator(operator)
     if method not in ("hutchinson", "hutch++"):
         raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
@@ -209,6 +210,7 @@ def spectral_density(
         >>> round(d.moment(1) * 3, 6)  # v^T A v for a Rademacher v: exactly tr(A)
         6.0
     """
+    check_seed(seed)
     op = _as_operator(operator)
     check_positive_int("num_iters", num_iters)
     check_positive_int("num_runs", num_runs)

@@ -22,6 +22,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from normlib._checks import check_callable, check_mode, check_module, check_positive_int, check_tensor
+from normlib._state import check_materialized, preserved_state
 
 __all__ = ["preserved_model_state", "HessianOperator", "hessian_matrix"]
 
@@ -37,7 +38,9 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
 
     Used around each forward pass of the Hessian tools; also on exceptions. Buffers are put back
     as the same tensor objects with their saved values, so a module that updates running
-    statistics in place (BatchNorm in train mode) leaves no trace.
+    statistics in place (BatchNorm in train mode) leaves no trace; only what changed is written
+    back, without moving autograd's version counters, so a loss the user computed before can
+    still be back-propagated (see :func:`normlib.propagation.preserved_state`, the same guard).
 
     Args:
         model: any ``nn.Module``.
@@ -51,25 +54,8 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
         >>> bn.training, float(bn.running_mean.abs().max())
         (False, 0.0)
     """
-    flags = [(module, module.training) for module in model.modules()]
-    buffers = [
-        (module, name, buf, buf.detach().clone())
-        for module in model.modules()
-        for name, buf in module._buffers.items()
-        if buf is not None
-    ]
-    grads = [(p, p.grad) for p in model.parameters()]
-    try:
+    with preserved_state(model):
         yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
-        with torch.no_grad():
-            for module, name, buf, saved in buffers:
-                module._buffers[name] = buf
-                buf.copy_(saved)
-        for p, grad in grads:
-            p.grad = grad
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +139,7 @@ class HessianOperator:
         check_module("model", model)
         check_callable("loss_fn", loss_fn, what="callable as loss_fn(output, target)")
         check_mode(mode)
+        check_materialized(model, what="HessianOperator")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("model has no parameters with requires_grad=True; nothing to differentiate")
@@ -310,7 +297,15 @@ class HessianOperator:
             self.model.train(self.mode == "train")
             # Fresh copies: modules may update buffers in place during the forward pass.
             buffers = {n: b.detach().clone() for n, b in self.model.named_buffers()}
-            output = functional_call(self.model, {**params, **buffers}, (x,))
+            try:
+                output = functional_call(self.model, {**params, **buffers}, (x,))
+            except RuntimeError as err:
+                if x.is_floating_point() and x.dtype != self.dtype:  # say why, not only what
+                    raise TypeError(
+                        f"data's inputs x are {x.dtype} but the model's parameters are "
+                        f"{self.dtype}; convert one of them (x.to({self.dtype}) or "
+                        f"model.to({x.dtype})) [{err}]") from err
+                raise
             loss = self.loss_fn(output, y)
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__}")
@@ -356,6 +351,13 @@ def _as_operator(source, name: str = "operator"):
             raise ValueError(f"{name} as a tensor must be a square (n, n) matrix, got {tuple(source.shape)}")
         if not source.is_floating_point():
             raise TypeError(f"{name} must be a floating-point matrix, got {source.dtype}")
+        if not bool(torch.isfinite(source).all()):
+            raise ValueError(f"{name} has non-finite entries (NaN or inf)")
+        scale = float(source.abs().max()) if source.numel() else 0.0
+        asym = float((source - source.transpose(0, 1)).abs().max()) if source.numel() else 0.0
+        if asym > 1e3 * torch.finfo(source.dtype).eps * max(scale, torch.finfo(source.dtype).tiny):
+            raise ValueError(f"{name} must be symmetric (a Hessian is), but A - A^T has entries up to "
+                             f"{asym:.3g}; pass (A + A.T) / 2 if the asymmetry is rounding")
         return _DenseOperator(source)
     if all(hasattr(source, a) for a in ("matvec", "shape", "dtype", "device")):
         return source

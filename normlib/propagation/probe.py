@@ -54,6 +54,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from normlib._checks import check_bool, check_callable, check_mode
+from normlib._state import check_materialized
+from normlib._state import preserved_state as _preserved_state
 from normlib.layers import NormLayer
 from normlib.propagation.statistics import STATISTICS, representation_statistics
 
@@ -181,7 +183,10 @@ def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
 
     Restored: the ``training`` flag of every submodule, every buffer (BatchNorm
     running statistics and counters, spectral-norm vectors; the same tensor
-    objects, with their values), every parameter's value and its ``.grad``.
+    objects, with their values; buffers a forward pass added are removed), every
+    parameter's value and its ``.grad`` (the same tensor, its values). Only what
+    changed is written back, and without moving autograd's version counters, so a
+    loss computed before can still be back-propagated after.
 
     Example:
         >>> from normlib.models import MLP
@@ -191,27 +196,8 @@ def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
         >>> model.training, float(model.layers[0][1].running_mean.abs().sum())
         (False, 0.0)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    modules = list(model.modules())
-    flags = [(m, m.training) for m in modules]
-    buffers = [(m, name, b, b.detach().clone())
-               for m in modules for name, b in m._buffers.items() if b is not None]
-    params = [(m, name, p, p.detach().clone(), p.grad)
-              for m in modules for name, p in m._parameters.items() if p is not None]
-    try:
+    with _preserved_state(model):
         yield model
-    finally:
-        with torch.no_grad():
-            for m, name, b, saved in buffers:
-                b.copy_(saved)
-                m._buffers[name] = b
-            for m, name, p, saved, grad in params:
-                p.copy_(saved)
-                m._parameters[name] = p
-                p.grad = grad
-        for m, flag in flags:
-            m.training = flag
 
 
 def _as_batches(inputs, targets) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -309,7 +295,8 @@ def probe(
             (tensors or ``(x, y)`` pairs); statistics are averaged over batches.
         targets: targets of a single batch (class indices for cross-entropy, or
             real-valued targets for mean squared error).
-        at: the points to probe, see :func:`probe_points`.
+        at: the points to probe, see :func:`probe_points`; the rows come back in the order the
+            forward pass reaches them, whatever the order of a list given here.
         mode: ``"train"`` (batch statistics; running statistics are restored after)
             or ``"eval"`` (running statistics).
         backward: also run the backward pass and record :data:`GRADIENT_STATISTICS`.
@@ -340,6 +327,7 @@ def probe(
     check_bool("backward", backward)
     check_bool("include_input", include_input)
     check_callable("loss_fn", loss_fn, what="callable as loss_fn(output, targets)", allow_none=True)
+    check_materialized(model, what="probe")
     points = probe_points(model, at)
     device = _model_device(model)
     names = (["input"] if include_input else []) + [name for name, _ in points]
@@ -361,9 +349,10 @@ def probe(
         records: list[dict[str, float] | None] = [None] * len(names)
         outputs: list[torch.Tensor | None] = [None] * len(points)
 
+        fired: list[int] = []
         with preserved_state(model), contextlib.ExitStack() as stack:
             for i, (name, module) in enumerate(points):
-                hook = _make_hook(i, name, records, outputs, offset, backward, rtol)
+                hook = _make_hook(i, name, records, outputs, offset, backward, rtol, fired)
                 stack.callback(module.register_forward_hook(hook).remove)
             model.train(mode == "train")
             x = x.to(device)
@@ -383,12 +372,17 @@ def probe(
         for total, record in zip(sums, records):
             for key in columns:
                 total[key] += record.get(key, math.nan)
+        if num_batches == 0:
+            forward_order = list(fired)  # the points as the forward pass reached them
         num_batches += 1
 
     if num_batches == 0:
         raise ValueError("inputs is empty: give at least one batch")
     # Batches of unequal size have no single batch size.
     batch_size = next(iter(batch_sizes)) if len(batch_sizes) == 1 else math.nan
+    # Rows in forward order, whatever order ``at`` listed the points in.
+    order = ([0] if include_input else []) + [i + offset for i in forward_order]
+    names, sums = [names[k] for k in order], [sums[k] for k in order]
     rows = []
     for layer, (name, total) in enumerate(zip(names, sums), start=0 if include_input else 1):
         row = {"layer": layer, "name": name}
@@ -398,9 +392,11 @@ def probe(
     return pd.DataFrame(rows)
 
 
-def _make_hook(i, name, records, outputs, offset, backward, rtol):
+def _make_hook(i, name, records, outputs, offset, backward, rtol, fired):
     # Reduce the output to numbers at once; keep the tensor only for autograd.grad.
     def hook(module, args, output):
+        if i not in fired:
+            fired.append(i)
         out = _first_tensor(output, name)
         records[i + offset] = representation_statistics(out, rtol)
         if backward and out.requires_grad:
