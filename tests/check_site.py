@@ -90,7 +90,7 @@ CHAPTER_JS = """() => {
         }
     }
     const headings = [...article.querySelectorAll('h2, h3')]
-        .map(h => h.textContent.replace(/[#\u00b6]/g, '').trim());
+        .map(h => h.textContent.replace(/[#\u00b6]/g, '').trim().replace(/^[\\d.]+\\s*/, ''));
     const links = [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'));
     return {
         images, figures,
