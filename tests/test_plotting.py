@@ -7,7 +7,12 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 from normlib.plotting import (  # noqa: E402
-    COLUMN_WIDTH, NORM_COLORS, NORM_MARKERS, figure, norm_label, norm_style,
+    COLUMN_WIDTH,
+    NORM_COLORS,
+    NORM_MARKERS,
+    figure,
+    norm_label,
+    norm_style,
 )
 from normlib.registry import available_norms  # noqa: E402
 
