@@ -64,5 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run a command; a user's error (a bad option, environment variable or file) is one line
+    on standard error naming it, and exit status 2, as argparse does for its own errors."""
+    import sys
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, MemoryError) as err:
+        message = str(err) or type(err).__name__
+        print(f"{parser.prog} {args.command}: error: {message.splitlines()[0]}", file=sys.stderr)
+        return 2

@@ -522,6 +522,10 @@ def _diagnose_command(args) -> int:
         print(f"{prog}: error: --group-size/--num-groups do not apply to --norm {args.norm}: it "
               f"has no groups (use a grouped normalizer such as gn)", file=sys.stderr)
         return 2
+    too_big = _size_error(args)
+    if too_big:
+        print(f"{prog}: error: {too_big}", file=sys.stderr)
+        return 2
     try:
         config = TrainConfig(model=args.model, depth=args.depth, width=args.width, norm=args.norm,
                              norm_kwargs=norm_kwargs, skipinit=args.skipinit, dataset=args.data,
@@ -544,6 +548,59 @@ def _diagnose_command(args) -> int:
         print()
         print(result.layers[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     return 0
+
+
+# Pixels of one input of each dataset (the first stage's resolution).
+_PIXELS = {"digits": 64, "mnist1d": 40, "cifar10": 1024, "cifar100": 1024}
+
+
+def _available_bytes() -> int | None:
+    """Memory the process could still use: free device memory on CUDA, MemAvailable otherwise."""
+    from normlib.device import default_device
+
+    try:
+        device = default_device()
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return None
+
+
+def _size_error(args) -> str | None:
+    """A message if the requested network cannot fit in memory, checked before anything is built.
+
+    The estimate is deliberately generous: weights (three copies: values, gradients, the
+    forward pass's working set; the widest stage has four times ``--width`` channels) plus
+    every layer's activations for the batch, stored for the backward pass, in float32.
+    """
+    convs = args.model in ("vgg", "resnet")
+    widest = 4 * args.width if convs else args.width
+    params = args.depth * widest * widest * (9 if convs else 1)
+    activations = args.batch_size * args.depth * args.width * (_PIXELS.get(args.data, 1024) if convs else 1)
+    need = 4 * (3 * params + 2 * activations)
+    have = _available_bytes()
+    if have is not None and need > 0.8 * have:
+        return (f"--depth {args.depth}, --width {args.width} and --batch-size {args.batch_size} need "
+                f"about {need / 2**30:.3g} GiB, but {have / 2**30:.3g} GiB are available; choose "
+                "smaller sizes")
+    return None
+
+
+def _seed(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**63 - 1], got {value}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -574,7 +631,7 @@ def _configure(parser) -> None:
     parser.add_argument("--data", choices=DATASETS, default="digits",
                         help="batch source (default digits; cifar needs the archive on disk)")
     parser.add_argument("--batch-size", type=_positive, default=64, help="samples in the batch (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="initialization seed (default 0)")
     parser.add_argument("--mode", choices=("train", "eval"), default="train",
                         help="normalize with batch statistics (train, default) or running ones")
     parser.add_argument("--layers", action="store_true", help="also print the per-layer table")

@@ -392,3 +392,54 @@ def test_raw_errors_now_name_their_cause():
     with pytest.raises(ValueError, match="uninitialized lazy tensor"):
         HessianOperator(nn.LazyLinear(2), nn.functional.mse_loss, (torch.randn(4, 3), torch.randn(4, 2)),
                         mode="train")
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["diagnose", "--width", "1000000000"], "--width"),
+    (["diagnose", "--depth", "1000000000"], "--depth"),
+    (["diagnose", "--seed", "99999999999999999999999"], "--seed"),
+    (["diagnose", "--depth", "1e9"], "--depth"),
+    (["diagnose", "--data", "cifar10"], "cifar"),
+])
+def test_command_line_user_errors_are_one_line_naming_the_option(argv, names, capsys, tmp_path, monkeypatch):
+    from normlib.cli import main
+
+    monkeypatch.setenv("NORMLIB_DATA", str(tmp_path))  # no CIFAR there
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert names in err[-1] and err[-1].startswith("python -m normlib diagnose: error:")
+
+
+@pytest.mark.parametrize("var, value", [("NORMLIB_DEVICE", "tpu"), ("NORMLIB_SIZE", "huge")])
+def test_info_with_a_bad_environment_variable_names_it(var, value, capsys, monkeypatch):
+    from normlib.cli import main
+
+    monkeypatch.setenv(var, value)
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and var in err[0]
+
+
+def test_command_line_refuses_a_crafted_cifar_file_in_one_line(capsys, tmp_path, monkeypatch):
+    import pickle
+
+    from normlib.cli import main
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(Payload()))
+    monkeypatch.setenv("NORMLIB_DATA", str(tmp_path))
+    assert main(["diagnose", "--data", "cifar10", "--model", "mlp", "--depth", "2"]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists() and "data_batch_1" in err and "Traceback" not in err
