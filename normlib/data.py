@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from normlib._checks import check_seed
+from normlib._checks import argument_error, check_positive_int, check_probability, check_seed, is_int
 
 __all__ = [
     "Split",
@@ -86,8 +86,7 @@ def train_test_split(
 ) -> Split:
     """A seeded, stratification-free random split of numpy arrays into a :class:`Split`."""
     check_seed(seed)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    check_probability("test_fraction", test_fraction, low_open=True, high_open=True)
     n = len(x)
     perm = np.random.default_rng(seed).permutation(n)
     n_test = max(1, int(round(test_fraction * n)))
@@ -142,8 +141,7 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42, test_fraction: float =
         a :class:`Split` with inputs of shape ``(N, 1, 40)``.
     """
     check_seed(seed)
-    if num_samples < 20:
-        raise ValueError(f"num_samples must be at least 20, got {num_samples}")
+    check_positive_int("num_samples", num_samples, minimum=20)
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -339,8 +337,9 @@ def load_cifar(num_classes: int = 10, root: str | os.PathLike | None = None) -> 
         FileNotFoundError: if neither the folder nor the archive is there; the message names
             the expected path and where to obtain the archive.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes not in _CIFAR:
-        raise ValueError(f"num_classes must be the int 10 or 100, got {num_classes!r}")
+    if not is_int(num_classes) or num_classes not in _CIFAR:
+        raise argument_error(ValueError, "num_classes", "the int 10 or 100", num_classes,
+                             "use num_classes=10 (CIFAR-10) or num_classes=100 (CIFAR-100)")
     spec = _CIFAR[num_classes]
     root = Path(root) if root is not None else cifar_root()
     folder, archive = root / spec["folder"], root / spec["archive"]

@@ -272,10 +272,17 @@ class RunResult:
 # --------------------------------------------------------------------------------------------
 
 
+# Modules that only draw or present results: editing them cannot change a training run.
+PRESENTATION_MODULES = ("plotting.py", "widgets.py", "explorer.py")
+
+
 def source_hash(root: str | os.PathLike | None = None) -> str:
     """SHA-256 of every ``*.py`` file under ``root`` (default: the installed normlib package).
 
     Relative paths are hashed with the contents, so a renamed or added module changes it too.
+    The top-level presentation modules (:data:`PRESENTATION_MODULES`: plotting, widgets and the
+    static explorer) are left out: they cannot change a run, and a figure's edit should not
+    retrain the training map.
 
     Example:
         >>> len(source_hash())
@@ -286,7 +293,7 @@ def source_hash(root: str | os.PathLike | None = None) -> str:
         raise ValueError(f"root={str(root)!r} is not a folder; pass the normlib package folder")
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
+        if "__pycache__" in path.parts or (path.parent == root and path.name in PRESENTATION_MODULES):
             continue
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(b"\0")

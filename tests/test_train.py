@@ -370,3 +370,15 @@ def test_progress_bars_are_text_on_request_and_silent_when_not_on_a_terminal(cap
     assert capsys.readouterr().err == ""  # pytest's capture is not a terminal
     train(tiny(epochs=1), cache=False, progress=True, device=CPU)
     assert "MLP-2 bn B=32" in capsys.readouterr().err
+
+
+def test_source_hash_ignores_the_presentation_modules_only(tmp_path):
+    (tmp_path / "train.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "widgets.py").write_text("z = 1\n")  # not top-level: counted
+    h0 = source_hash(tmp_path)
+    for name in ("plotting.py", "widgets.py", "explorer.py"):
+        (tmp_path / name).write_text("style = 'new'\n")
+        assert source_hash(tmp_path) == h0, name
+    (tmp_path / "sub" / "widgets.py").write_text("z = 2\n")
+    assert source_hash(tmp_path) != h0

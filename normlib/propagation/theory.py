@@ -583,8 +583,9 @@ def readout_gap_curve(features, targets, steps: int, lr: float | None = None) ->
         \frac{\sum_{\lambda_i > 0} (v_i^\top y)^2 (1 - \eta\lambda_i)^{2t}}
              {\sum_{\lambda_i > 0} (v_i^\top y)^2},
 
-    exactly. With the largest stable step :math:`\eta = 1/\lambda_{\max}` a direction
-    with eigenvalue :math:`\lambda` shrinks by :math:`1 - \lambda/\lambda_{\max}` per step.
+    exactly. Steps stay stable up to :math:`\eta < 2/\lambda_{\max}`; with the step
+    :math:`\eta = 1/\lambda_{\max}` used here (the sharpest direction solved in one step) a
+    direction with eigenvalue :math:`\lambda` shrinks by :math:`1 - \lambda/\lambda_{\max}` per step.
     When the samples' features are similar (mean cosine :math:`c` close to 1) the
     top eigenvalue carries most of the trace and every other direction is slow:
     the stable rank :math:`\sum_i\lambda_i/\lambda_{\max}` is small. Chapter
