@@ -443,3 +443,14 @@ def test_command_line_refuses_a_crafted_cifar_file_in_one_line(capsys, tmp_path,
     assert main(["diagnose", "--data", "cifar10", "--model", "mlp", "--depth", "2"]) == 2
     err = capsys.readouterr().err
     assert not marker.exists() and "data_batch_1" in err and "Traceback" not in err
+
+
+def test_run_sgd_refuses_a_batch_larger_than_the_data():
+    from normlib.hessian import run_sgd
+
+    model = nn.Linear(3, 2).double()
+    data = (torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="batch_size=64 is larger than the data"):
+        run_sgd(model, nn.functional.mse_loss, data, lr=0.1, steps=2, batch_size=64)
+    with pytest.raises(TypeError, match="lr"):
+        run_sgd(model, nn.functional.mse_loss, data, lr=True, steps=2)

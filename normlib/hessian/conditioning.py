@@ -348,6 +348,9 @@ def run_sgd(
         check_positive_int("batch_size", batch_size)
     if not _is_batch(data):
         raise TypeError(f"data must be one batch (x, y) of tensors, got {type(data).__name__}")
+    if batch_size is not None and batch_size > len(data[0]):
+        raise ValueError(f"batch_size={batch_size} is larger than the data ({len(data[0])} samples); "
+                         f"use at most {len(data[0])}, or batch_size=None for full batches")
     trained = copy.deepcopy(model).train()
     x, y = data
     device = next(trained.parameters()).device
