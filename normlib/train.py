@@ -280,7 +280,7 @@ def source_hash(root: str | os.PathLike | None = None) -> str:
     """SHA-256 of every ``*.py`` file under ``root`` (default: the installed normlib package).
 
     Relative paths are hashed with the contents, so a renamed or added module changes it too.
-    The top-level presentation modules (:data:`PRESENTATION_MODULES`: plotting, widgets and the
+    The top-level presentation modules (``PRESENTATION_MODULES``: plotting, widgets and the
     static explorer) are left out: they cannot change a run, and a figure's edit should not
     retrain the training map.
 

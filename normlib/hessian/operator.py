@@ -40,7 +40,7 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
     as the same tensor objects with their saved values, so a module that updates running
     statistics in place (BatchNorm in train mode) leaves no trace; only what changed is written
     back, without moving autograd's version counters, so a loss the user computed before can
-    still be back-propagated (see :func:`normlib.propagation.preserved_state`, the same guard).
+    still be back-propagated (the same guard as ``normlib.propagation.preserved_state``).
 
     Args:
         model: any ``nn.Module``.
