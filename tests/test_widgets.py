@@ -350,15 +350,6 @@ def test_descent_grid_equals_gradient_descent_and_contours_are_level_sets():
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    # Tiny networks: a second thread only waits (and, on a busy machine, spins).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def small_spectrum(one_thread):
     digits = load_digits()
     x, y = digits.x_train[:96], digits.y_train[:96]

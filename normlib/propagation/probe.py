@@ -54,8 +54,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from normlib._checks import check_bool, check_callable, check_mode
-from normlib._state import check_materialized
-from normlib._state import preserved_state as _preserved_state
+from normlib._state import (
+    check_materialized,
+    preserved_state,  # re-exported: the guard every analysis tool uses
+)
 from normlib.layers import NormLayer
 from normlib.propagation.statistics import STATISTICS, representation_statistics
 
@@ -177,29 +179,6 @@ def probe_points(model: nn.Module, at="auto") -> list[tuple[str, nn.Module]]:
     )
 
 
-@contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
-    """Context manager that restores the model as it was on exit, also on an exception.
-
-    Restored: the ``training`` flag of every submodule, every buffer (BatchNorm
-    running statistics and counters, spectral-norm vectors; the same tensor
-    objects, with their values; buffers a forward pass added are removed), every
-    parameter's value and its ``.grad`` (the same tensor, its values). Only what
-    changed is written back, and without moving autograd's version counters, so a
-    loss computed before can still be back-propagated after.
-
-    Example:
-        >>> from normlib.models import MLP
-        >>> model = MLP(4, 2, width=8, depth=2, norm="bn").eval()
-        >>> with preserved_state(model):
-        ...     _ = model.train()(torch.randn(5, 4))
-        >>> model.training, float(model.layers[0][1].running_mean.abs().sum())
-        (False, 0.0)
-    """
-    with _preserved_state(model):
-        yield model
-
-
 def _as_batches(inputs, targets) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     if isinstance(inputs, torch.Tensor):
         yield inputs, targets
@@ -290,7 +269,7 @@ def probe(
     r"""Measure activations and gradients at every probed point, one forward + backward pass per batch.
 
     Args:
-        model: the network (left exactly as found, see :func:`preserved_state`).
+        model: the network (left exactly as found, see ``normlib.propagation.preserved_state``).
         inputs: one batch ``x: (N, *)`` with ``N >= 2``, or an iterable of batches
             (tensors or ``(x, y)`` pairs); statistics are averaged over batches.
         targets: targets of a single batch (class indices for cross-entropy, or
