@@ -90,7 +90,7 @@ _BATCH_SYNC: ContextVar = ContextVar("normlib_batch_sync", default=None)
 def batch_sync():
     """The reducer that pools batch statistics over processes, or ``None`` (the default).
 
-    A synchronized layer of :mod:`normlib.distributed` sets it around its forward pass; then
+    A synchronized layer of ``normlib.distributed`` sets it around its forward pass; then
     every statistic of a partition that pools over the batch (``mean``, ``var_mean``, whitening's
     covariance) is a count-weighted sum over the ranks, and checks of the batch size use the
     global count.

@@ -169,13 +169,49 @@ def _traffic_counts() -> dict[str, float]:
     return out
 
 
-def _rank_checks(shards: list[int], extras: bool) -> dict[str, dict[str, float]]:
+def _float32_errors() -> dict[str, float]:
+    """float32 statistics of a shifted input (mean 1e4, spread 1) against float64 on the whole batch.
+
+    ``E[x^2] - E[x]^2`` in float32 would lose every digit of the variance here; the shifted sums
+    keep it to float32 rounding.
+    """
+    rank = dist.get_rank()
+    gen = torch.Generator().manual_seed(4)
+    x = 1e4 + torch.randn(16, 3, 5, generator=gen, dtype=torch.float64) * torch.tensor([[1.0], [0.1], [3.0]])
+    rows = slice(0, 5) if rank == 0 else slice(5, 16)
+    bn = SyncBatchNorm(3, momentum=1.0)
+    white = SYNC_CLASSES[BatchWhitening](3, momentum=1.0, running_stat="covariance")
+    bn(x[rows].float())
+    white(x[rows].float())
+    x = x.float().double()  # the float32 input exactly: only the arithmetic is compared
+    var = x.transpose(0, 1).flatten(1).var(dim=1)
+    cov = torch.cov(x.transpose(0, 1).flatten(1))
+    return {"f32_running_var": _relative(bn.running_var.double(), var),
+            "f32_running_mean": _relative(bn.running_mean.double(), x.mean(dim=(0, 2))),
+            "f32_running_cov": _relative(white.running_cov[0].double(), cov)}
+
+
+def _too_small_batch() -> dict[str, str]:
+    """One sample over all ranks: every rank raises the same ValueError (none waits forever)."""
+    layer = SyncBatchNorm(3)
+    x = torch.randn(1 if dist.get_rank() == 0 else 0, 3)
+    try:
+        layer(x)
+    except ValueError as exc:
+        return {"message": str(exc), "counter": str(int(layer.num_batches_tracked))}
+    return {"message": "no error", "counter": ""}
+
+
+def _rank_checks(shards: list[int], extras: bool) -> dict[str, dict]:
     torch.set_default_dtype(torch.float32)
     results = {name: _layer_errors(name, shards) for name in CASES}
     if extras:
         results["ddp"] = _ddp_errors(shard=3)
         results["one_process_group"] = _one_process_group_errors()
         results["traffic"] = _traffic_counts()
+        results["float32"] = _float32_errors()
+    else:
+        results["too_small"] = _too_small_batch()
     return results
 
 
@@ -222,6 +258,19 @@ def test_one_all_reduce_per_pass_of_2c_plus_1_numbers_for_bn_and_d2_plus_d_plus_
     assert traffic["bn_calls"] == 2 and traffic["zca_calls"] == 2  # one forward, one backward
     assert traffic["bn_numbers"] == 2 * 16 + 1
     assert traffic["zca_numbers"] == 4 * (4 * 4 + 4) + 1
+
+
+def test_float32_statistics_of_a_shifted_input_keep_the_digits_of_the_variance(two_ranks):
+    for per_rank in two_ranks:
+        errors = per_rank["float32"]
+        assert errors["f32_running_var"] < 1e-5 and errors["f32_running_cov"] < 1e-5, errors
+        assert errors["f32_running_mean"] < 1e-6, errors
+
+
+def test_a_batch_too_small_over_all_ranks_raises_the_same_error_on_every_rank(three_ranks_one_empty):
+    for per_rank in three_ranks_one_empty:
+        assert "more than 1 values per statistic over all ranks, got 1" in per_rank["too_small"]["message"]
+        assert per_rank["too_small"]["counter"] == "0"  # the rejected batch is not counted
 
 
 # ----------------------------------------------------------------------------- one process

@@ -1,11 +1,11 @@
 """Normalization across processes: synchronized batch statistics and local multi-process runs.
 
-- :mod:`normlib.distributed.sync`: the synchronized layers (:class:`SyncBatchNorm`,
+- ``normlib.distributed.sync``: the synchronized layers (:class:`SyncBatchNorm`,
   :class:`SyncBatchWhitening`, ...): batch statistics of the concatenated batch of all ranks,
   by one differentiable all-reduce per layer and pass.
-- :mod:`normlib.distributed.convert`: :func:`convert_sync` and :func:`revert_sync` for a whole
+- ``normlib.distributed.convert``: :func:`convert_sync` and :func:`revert_sync` for a whole
   model (normlib's layers and torch's BatchNorm).
-- :mod:`normlib.distributed.launch`: :func:`run_local`, ``K`` local gloo processes.
+- ``normlib.distributed.launch``: :func:`run_local`, ``K`` local gloo processes.
 
 Chapter "Review I: normalizing activations", section "Normalization across devices".
 """

@@ -3,7 +3,7 @@
 :func:`convert_sync` replaces every batch-pooling normalizer of a model (normlib's BatchNorm,
 Batch Group Norm, Variance and Population Norm, EvoNorm-B0, batch whitening, mode, switchable
 normalization and switchable whitening, and torch's own ``BatchNorm1d/2d/3d`` and
-``SyncBatchNorm``) by its synchronized form of :mod:`normlib.distributed.sync`, as
+``SyncBatchNorm``) by its synchronized form of ``normlib.distributed.sync``, as
 ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does for torch's BatchNorm; the new layers
 share the old ones' parameters and buffers (same tensors: device, dtype, values and
 ``requires_grad`` kept) and train/eval mode. :func:`revert_sync` goes back, e.g. to evaluate or
@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 from normlib._checks import check_module
@@ -38,9 +40,10 @@ def _rebuilt(module: nn.Module, cls: type) -> nn.Module:
     """A ``cls`` instance sharing ``module``'s state (parameters, buffers, submodules, hooks, mode)."""
     new = cls.__new__(cls)
     state = dict(module.__dict__)
-    for key in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
-        if key in state:
-            state[key] = type(state[key])(state[key])
+    for key, value in state.items():
+        # own containers (parameters, buffers, children, hooks), holding the same objects
+        if isinstance(value, (dict, set)) and key.startswith("_"):
+            state[key] = copy.copy(value)
     new.__dict__.update(state)
     return new
 
@@ -89,9 +92,9 @@ def _convert(module: nn.Module, process_group, converted: list) -> nn.Module:
 def convert_sync(model: nn.Module, process_group=None) -> nn.Module:
     """``model`` with every batch-pooling normalizer synchronized over ``process_group``.
 
-    Each normlib layer of :data:`normlib.distributed.sync.SYNC_CLASSES` (exactly that class,
+    Each normlib layer of ``SYNC_CLASSES`` (exactly that class,
     not a user's subclass of it) becomes its ``Sync`` form, and torch's ``BatchNorm1d/2d/3d``
-    (and ``SyncBatchNorm``) become :class:`~normlib.distributed.sync.SyncBatchNorm`, which
+    (and ``SyncBatchNorm``) become :class:`SyncBatchNorm`, which
     runs on CPU tensors too. Parameters and buffers are the same tensor objects (an optimizer
     built before still updates them), the train/eval mode is kept; batch-independent layers
     (LayerNorm, GroupNorm, ...) and everything else are left as they are. As

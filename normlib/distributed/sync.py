@@ -385,7 +385,7 @@ _DOC = """{what} with statistics synchronized over the ranks of ``process_group`
 
     Same arguments as :class:`{base}` plus ``process_group`` (``None``: the default group).
     In training inside a process group of more than one process, {stats} are those of the
-    concatenated batch of all ranks (see :mod:`normlib.distributed.sync`); otherwise this is
+    concatenated batch of all ranks (see ``normlib.distributed.sync``); otherwise this is
     :class:`{base}`. :func:`normlib.distributed.convert_sync` builds it from an existing layer.
 
     Example:
