@@ -13,10 +13,13 @@ forward, backward (DDP's gradient all-reduce included) and an SGD update, starte
 together (a barrier); rank 0's wall time is recorded. The two variants run in interleaved rounds
 (each round times every normalizer local and synchronized, in a shuffled order shared by the
 ranks), so a slow phase of a shared machine hits all of them alike; the table gives medians and
-the ratio synchronized / local. The traffic columns count what the synchronized layers
-all-reduce per layer and pass (:func:`normlib.distributed.count_traffic`): ``2 C + 1`` numbers
-for BatchNorm, ``d^2 + d`` per group of ``d`` channels plus one count for whitening, in float64
-(the sums are accumulated in float64), once in the forward and once in the backward pass.
+the ratio synchronized / local of the medians and of the fastest steps (on a loaded machine the
+fastest step is the better estimate of the cost itself), and the ratio of rank 0's median CPU
+time per step (the computation a rank adds, without the waits). The traffic columns count what the
+synchronized layers all-reduce per layer and pass (:func:`normlib.distributed.count_traffic`):
+``2 C + 1`` numbers for BatchNorm, ``d^2 + d`` per group of ``d`` channels plus one count for
+whitening, in float64 (the sums are accumulated in float64), once in the forward and once in the
+backward pass.
 """
 
 from __future__ import annotations
@@ -65,24 +68,27 @@ def _worker(batch: int, channels: int, size: int, rounds: int) -> dict:
     y = torch.randint(0, 10, (batch,), generator=gen)
     loss_fn = nn.CrossEntropyLoss()
 
-    def step(key: str) -> float:
+    def step(key: str) -> tuple[float, float]:
         model, opt = variants[key]
         dist.barrier()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - start_cpu
 
     for key in variants:  # warm-up
         step(key)
     times = {key: [] for key in variants}
+    cpu = {key: [] for key in variants}
     order = list(variants)
     shuffle = random.Random(0)  # the same order on every rank
     for _ in range(rounds):
         shuffle.shuffle(order)
         for key in order:
-            times[key].append(step(key))
+            wall, used = step(key)
+            times[key].append(wall)
+            cpu[key].append(used)
     traffic = {}
     for norm in NORMS:
         model = variants[f"{norm}+sync"][0]
@@ -94,7 +100,9 @@ def _worker(batch: int, channels: int, size: int, rounds: int) -> dict:
                          "bytes": numbers * torch.empty((), dtype=dtype).element_size(),
                          "layer": repr(next(m for m in model.modules()
                                             if type(m).__name__.startswith("Sync")))}
-    return {"times": {k: statistics.median(v) for k, v in times.items()}, "traffic": traffic}
+    return {"times": {k: statistics.median(v) for k, v in times.items()},
+            "best": {k: min(v) for k, v in times.items()},
+            "cpu": {k: statistics.median(v) for k, v in cpu.items()}, "traffic": traffic}
 
 
 def main() -> None:
@@ -110,8 +118,9 @@ def main() -> None:
     print(f"DDP training step of a 2-conv CNN, {args.channels} channels, {args.size}x{args.size} "
           f"inputs, {args.batch} samples per rank; medians of {args.rounds} interleaved rounds "
           f"(rank 0's wall time), one torch thread per rank")
-    header = (f"{'ranks':>5}  {'norm':<9} {'local ms':>9} {'sync ms':>9} {'ratio':>6}  "
-              f"{'all-reduces/layer/step':>22} {'numbers/layer/pass':>18} {'bytes/layer/pass':>16}")
+    header = (f"{'ranks':>5}  {'norm':<9} {'local ms':>9} {'sync ms':>9} {'ratio':>6} "
+              f"{'best ratio':>10} {'cpu ratio':>9}  {'all-reduces/layer/step':>22} "
+              f"{'numbers/layer/pass':>18} {'bytes/layer/pass':>16}")
     print(header)
     print("-" * len(header))
     for world in args.worlds:
@@ -120,8 +129,11 @@ def main() -> None:
         for norm in NORMS:
             local, synced = out["times"][norm], out["times"][f"{norm}+sync"]
             t = out["traffic"][norm]
+            best = out["best"][f"{norm}+sync"] / out["best"][norm]
+            used = out["cpu"][f"{norm}+sync"] / out["cpu"][norm]
             print(f"{world:>5}  {norm:<9} {1e3 * local:9.2f} {1e3 * synced:9.2f} "
-                  f"{synced / local:6.2f}  {t['calls']:22.0f} {t['numbers']:18d} {t['bytes']:16d}")
+                  f"{synced / local:6.2f} {best:10.2f} {used:9.2f}  {t['calls']:22.0f} "
+                  f"{t['numbers']:18d} {t['bytes']:16d}")
     print()
     print("layers: " + "; ".join(f"{norm}: {out['traffic'][norm]['layer']}" for norm in NORMS))
     c = args.channels

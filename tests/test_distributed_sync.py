@@ -269,8 +269,25 @@ def test_float32_statistics_of_a_shifted_input_keep_the_digits_of_the_variance(t
 
 def test_a_batch_too_small_over_all_ranks_raises_the_same_error_on_every_rank(three_ranks_one_empty):
     for per_rank in three_ranks_one_empty:
-        assert "more than 1 values per statistic over all ranks, got 1" in per_rank["too_small"]["message"]
+        assert "all ranks must have more than 1 values per statistic" in per_rank["too_small"]["message"]
+        assert "got 1;" in per_rank["too_small"]["message"]
         assert per_rank["too_small"]["counter"] == "0"  # the rejected batch is not counted
+
+
+def _rank_one_fails() -> None:
+    if dist.get_rank() == 1:
+        raise ValueError("the root cause")
+    dist.all_reduce(torch.zeros(1))  # rank 0 fails next, inside the collective
+    dist.all_reduce(torch.zeros(1))
+
+
+def test_run_local_reports_the_failing_rank_before_the_ranks_it_brought_down():
+    from normlib.distributed import DistributedRunError
+
+    with pytest.raises(DistributedRunError) as info:
+        run_local(_rank_one_fails, 2, timeout=120)
+    message = str(info.value)
+    assert message.startswith("rank 1 raised") and "the root cause" in message
 
 
 # ----------------------------------------------------------------------------- one process

@@ -156,27 +156,22 @@ def all_reduce_sum(t: Tensor, group=None) -> Tensor:
     """Differentiable ``sum_r t_r`` over the ranks of ``group`` (the default group if ``None``).
 
     Its backward all-reduces the gradient, so that ``t_r.grad`` is the gradient of the sum of all
-    ranks' losses (below: ``sum_r 2 (t_0 + t_1)`` over two ranks, whose gradient is 4). Every
-    rank must call it (and back-propagate through it) in the same order. Counted by
-    :func:`count_traffic`.
+    ranks' losses. Every rank must call it (and back-propagate through it) in the same order.
+    Counted by :func:`count_traffic`. The example runs a group of one process; with ``K`` ranks
+    (``run_local`` or ``torchrun``) the value is the sum of the ``K`` tensors and the gradient is
+    ``K`` times larger.
 
     Example:
-        >>> from normlib.distributed.launch import run_local
-        >>> from normlib.distributed.sync import _doctest_all_reduce
-        >>> run_local(_doctest_all_reduce, 2, timeout=120)  # each rank: loss 2 * (0.5 + 0.5)
-        [(1.0, 4.0), (1.0, 4.0)]
+        >>> import torch, torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> t = torch.tensor([0.5], requires_grad=True)
+        >>> total = all_reduce_sum(t)
+        >>> (2 * total).sum().backward()
+        >>> float(total.detach()), float(t.grad)
+        (0.5, 2.0)
+        >>> dist.destroy_process_group()
     """
     return _AllReduceSum.apply(t, group)
-
-
-def _doctest_all_reduce() -> tuple[float, float]:
-    t = torch.tensor([0.5], requires_grad=True)
-    total = all_reduce_sum(t)
-    (2 * total).sum().backward()
-    return float(total.detach()), float(t.grad)
-
-
-# ----------------------------------------------------------------------------- the reducer
 
 
 def _accumulation_dtype(t: Tensor) -> torch.dtype:
@@ -214,8 +209,8 @@ class BatchStatisticsSync:
         count = int(round(float(total[0].detach())))
         if count <= minimum:
             raise ValueError(
-                f"{what} needs more than {minimum} values per statistic over all ranks, got "
-                f"{count}; use a larger batch per rank or more ranks, or evaluation mode")
+                f"the batch of all ranks must have more than {minimum} values per statistic for "
+                f"{what}, got {count}; use a larger batch per rank or more ranks, or evaluation mode")
         self.count = count
         self.batch_size = count // per_sample if per_sample else 0
         out, start = [], 1
