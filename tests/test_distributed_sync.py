@@ -191,6 +191,41 @@ def _float32_errors() -> dict[str, float]:
             "f32_running_cov": _relative(white.running_cov[0].double(), cov)}
 
 
+def _hessian_vector_errors(shards: list[int]) -> dict[str, float]:
+    """Second derivatives through the all-reduce: Hessian-vector products of a synchronized layer.
+
+    For the sum of the ranks' losses, the sum over ranks of each rank's ``d/dw <grad_w, v>``
+    equals the single-process Hessian-vector product on the whole batch.
+    """
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    errors = {}
+    for name in ("bn", "iternorm"):
+        factory, shape = CASES[name]
+        # a 1x1 convolution in front: its second derivatives pass through the backward all-reduce
+        # (no bias: a shift in front of a centering normalizer has a zero gradient)
+        ref = _perturbed(nn.Sequential(nn.Conv2d(shape[0], shape[0], 1, bias=False), factory()).double(), 1)
+        layer = convert_sync(copy.deepcopy(ref))
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(sum(shards), *shape, generator=gen, dtype=torch.float64)
+        lo = sum(shards[:rank])
+        rows = slice(lo, lo + shards[rank])
+        vs = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in ref.parameters()]
+
+        def hvp(module, inputs, vs=vs):
+            params = list(module.parameters())
+            loss = module(inputs).tanh().pow(2).sum()
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            dot = sum((g * v).sum() for g, v in zip(grads, vs))
+            return torch.autograd.grad(dot, params)
+
+        for i, (h, h_ref) in enumerate(zip(hvp(layer, x[rows]), hvp(ref, x))):
+            total = h.clone()
+            dist.all_reduce(total)
+            errors[f"hvp_{name}_{i}"] = _relative(total, h_ref)
+    return errors
+
+
 def _too_small_batch() -> dict[str, str]:
     """One sample over all ranks: every rank raises the same ValueError (none waits forever)."""
     layer = SyncBatchNorm(3)
@@ -210,6 +245,7 @@ def _rank_checks(shards: list[int], extras: bool) -> dict[str, dict]:
         results["one_process_group"] = _one_process_group_errors()
         results["traffic"] = _traffic_counts()
         results["float32"] = _float32_errors()
+        results["hessian_vector"] = _hessian_vector_errors(shards)
     else:
         results["too_small"] = _too_small_batch()
     return results
@@ -265,6 +301,11 @@ def test_float32_statistics_of_a_shifted_input_keep_the_digits_of_the_variance(t
         errors = per_rank["float32"]
         assert errors["f32_running_var"] < 1e-5 and errors["f32_running_cov"] < 1e-5, errors
         assert errors["f32_running_mean"] < 1e-6, errors
+
+
+def test_hessian_vector_products_through_synchronized_layers_equal_one_process(two_ranks):
+    _assert_close(two_ranks, "hessian_vector")
+    assert len(two_ranks[0]["hessian_vector"]) == 6  # convolution and normalizer, BN and IterNorm
 
 
 def test_a_batch_too_small_over_all_ranks_raises_the_same_error_on_every_rank(three_ranks_one_empty):
@@ -331,12 +372,14 @@ def test_convert_sync_round_trip_keeps_parameters_buffers_mode_and_dtype_of_a_no
 
 def test_convert_sync_turns_torch_batch_norm_into_a_cpu_synchronized_layer_and_back():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=None),
-                          nn.Sequential(nn.Flatten(2), nn.BatchNorm1d(4, affine=False))).double()
+                          nn.Sequential(nn.Flatten(2), nn.BatchNorm1d(4, affine=False)),
+                          nn.Unflatten(2, (4, 4)), nn.SyncBatchNorm(4).eval()).double()
     model[1].eval()
     reference = copy.deepcopy(model)
     tensors = dict(model.state_dict(keep_vars=True))
     synced = convert_sync(model)
     assert type(synced[1]) is SyncBatchNorm and type(synced[2][1]) is SyncBatchNorm
+    assert type(synced[4]) is SyncBatchNorm  # torch's own refuses CPU tensors; this one runs
     assert not synced[1].training and synced[2][1].training
     assert synced[1].momentum is None and synced[2][1].weight is None
     assert all(synced.state_dict(keep_vars=True)[k] is v for k, v in tensors.items())
@@ -348,6 +391,7 @@ def test_convert_sync_turns_torch_batch_norm_into_a_cpu_synchronized_layer_and_b
     back = revert_sync(synced)
     assert type(back[1]) is nn.BatchNorm2d and type(back[2][1]) is nn.BatchNorm1d
     assert not back[1].training and back[1].momentum is None and back[2][1].training
+    assert type(back[4]) is nn.SyncBatchNorm and not back[4].training
     assert all(back.state_dict(keep_vars=True)[k] is v for k, v in tensors.items())
 
 
