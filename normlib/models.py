@@ -81,7 +81,7 @@ __all__ = ["MLP", "ResidualMLP", "VGG", "ResNet", "BasicBlock", "resnet20", "res
            "WEIGHT_NORM_STYLES"]
 
 #: The activations known by name; ``activation=`` also takes a module class, a module or a function.
-ACTIVATIONS: dict[str, type[nn.Module]] = {
+ACTIVATIONS = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
