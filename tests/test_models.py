@@ -358,3 +358,23 @@ def test_norm_kwargs_reach_the_weight_normalizer(style):
     sws = resnet20(width=4, norm="sws", norm_kwargs={"eps": 1e-3})
     chains = [m.parametrizations.weight[0] for m in sws.modules() if hasattr(m, "parametrizations")]
     assert chains and all(c.eps == 1e-3 for c in chains)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", torch.tanh])
+def test_standardized_activation_gradients_match_finite_differences(activation):
+    act = StandardizedActivation(activation)
+    x = (torch.randn(12, dtype=torch.float64) + 0.05).requires_grad_()  # away from relu's kink
+    assert torch.autograd.gradcheck(act, (x,))
+    # its derivative is f' / sigma_f: for ReLU, 1 / sqrt((1 - 1/pi) / 2) where x > 0
+    if activation == "relu":
+        (grad,) = torch.autograd.grad(act(x).sum(), x)
+        expected = (x > 0).double() / math.sqrt(0.5 * (1 - 1 / math.pi))
+        assert torch.allclose(grad, expected, rtol=1e-12, atol=0)
+
+
+def test_residual_mlp_is_probed_at_its_stem_and_blocks():
+    from normlib.propagation import probe_points
+
+    model = ResidualMLP(6, 2, width=8, depth=3, norm="gn", norm_kwargs={"num_groups": 2})
+    assert [name for name, _ in probe_points(model, "auto")] == ["stem", "blocks.0", "blocks.1", "blocks.2"]
+    assert len(probe_points(model, "norms")) == 3 * 2 + 1  # two per branch and the final one
