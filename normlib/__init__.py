@@ -47,7 +47,9 @@ running variance) and are tested against torch's own layers or independent refer
 from normlib import layers as _layers  # noqa: F401  (fills the registry)
 from normlib import multimode, recovery  # noqa: F401  (register whitening, recovery, multi-mode norms)
 from normlib import weight as _weight  # noqa: F401  (registers the weight normalizers)
+from normlib.distributed import convert_sync, revert_sync
 from normlib.registry import available_norms, create_norm, register_norm
 
 __version__ = "0.1.0"
-__all__ = ["available_norms", "create_norm", "register_norm", "__version__"]
+__all__ = ["available_norms", "create_norm", "register_norm", "convert_sync", "revert_sync",
+           "__version__"]

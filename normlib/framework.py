@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -77,9 +78,29 @@ __all__ = [
     "normalize",
     "compute_dtype",
     "update_running",
+    "batch_sync",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+# ---- hook: synchronized batch statistics (set by normlib.distributed; None in one process) ----
+_BATCH_SYNC: ContextVar = ContextVar("normlib_batch_sync", default=None)
+
+
+def batch_sync():
+    """The reducer that pools batch statistics over processes, or ``None`` (the default).
+
+    A synchronized layer of :mod:`normlib.distributed` sets it around its forward pass; then
+    every statistic of a partition that pools over the batch (``mean``, ``var_mean``, whitening's
+    covariance) is a count-weighted sum over the ranks, and checks of the batch size use the
+    global count.
+
+    Example:
+        >>> batch_sync() is None
+        True
+    """
+    return _BATCH_SYNC.get()
+# ---- end hook ----
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -161,10 +182,14 @@ class Partition:
 
     def mean(self, xv: Tensor) -> Tensor:
         """Mean of ``xv`` over each set of elements sharing statistics (keepdim)."""
+        if self.pool_batch and (sync := _BATCH_SYNC.get()) is not None:  # hook: over ranks
+            return sync.mean(xv, self.dims)
         return xv.mean(dim=self.dims, keepdim=True)
 
     def var_mean(self, xv: Tensor) -> tuple[Tensor, Tensor]:
         """Biased variance and mean over each set of elements sharing statistics (keepdim)."""
+        if self.pool_batch and (sync := _BATCH_SYNC.get()) is not None:  # hook: over ranks
+            return sync.var_mean(xv, self.dims)
         return torch.var_mean(xv, dim=self.dims, correction=0, keepdim=True)
 
     def to_matrix(self, xv: Tensor) -> Tensor:
@@ -174,7 +199,8 @@ class Partition:
         decorrelates them), ``m`` counts the pooled elements, and ``B`` indexes
         independent problems (the unpooled batch and spatial axes).
         """
-        return xv.permute(self._order()).reshape(-1, xv.shape[1], self.count(xv.shape))
+        kept = math.prod(xv.shape[d] for d in (0, 3) if d not in self.dims)  # explicit: N may be 0
+        return xv.permute(self._order()).reshape(kept, xv.shape[1], self.count(xv.shape))
 
     def from_matrix(self, mat: Tensor, view_shape: torch.Size) -> Tensor:
         """Inverse of :meth:`to_matrix`: back to the view shape ``(N, G, C // G, S)``."""
@@ -418,6 +444,8 @@ def update_running(
     momentum: float,
 ) -> None:
     """In place: ``running[k] = (1 - momentum) * running[k] + momentum * value_k`` (no gradient)."""
+    if (sync := _BATCH_SYNC.get()) is not None and sync.count is not None:  # hook: global count
+        count = sync.count
     with torch.no_grad():
         updates = []
         for key in operation.keys:

@@ -38,6 +38,7 @@ from normlib._checks import (
     check_positive_int,
     is_int,
 )
+from normlib.framework import batch_sync
 from normlib.functional import (
     BACKENDS,
     _batch_count_message,
@@ -110,8 +111,8 @@ def _guard_forward(forward):
 
     @functools.wraps(forward)
     def guarded(self, x, *args, **kwargs):
-        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == 0:
-            return self._empty_output(x)
+        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == 0 and batch_sync() is None:
+            return self._empty_output(x)  # (synchronized: an empty rank still joins the all-reduce)
         counter = getattr(self, "num_batches_tracked", None)
         saved = counter.clone() if isinstance(counter, Tensor) and self.training else None
         try:
@@ -253,7 +254,8 @@ class NormLayer(nn.Module):
         """Checks before any computation (and before the batch counter moves)."""
         check_input(x, num_features=self.num_features)
         use_batch = self.training or not self.track_running_stats
-        if self.uses_batch_statistics and use_batch and x.numel() // self._stats_size <= 1:
+        if self.uses_batch_statistics and use_batch and x.numel() // self._stats_size <= 1 \
+                and batch_sync() is None:  # synchronized: the global count is checked instead
             raise ValueError(_batch_count_message(type(self).__name__, x, self.training))
 
     def extra_repr(self) -> str:

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from normlib._checks import check_eps, check_positive_int
-from normlib.framework import BATCH, GROUP, Affine, Operation, Partition, normalize
+from normlib.framework import BATCH, GROUP, Affine, Operation, Partition, batch_sync, normalize
 from normlib.functional import _check_arguments
 from normlib.layers import NormLayer
 from normlib.registry import register_norm
@@ -553,8 +553,11 @@ class Whiten(Operation):
 
     def statistics(self, xv: Tensor, partition: Partition) -> dict[str, Tensor]:
         mat = self.matrix(xv, partition)
-        _check_samples(mat.shape[-1], mat.shape[-2], xv.shape)
-        mean, cov = covariance(mat)
+        if partition.pool_batch and (sync := batch_sync()) is not None:  # hook: over ranks
+            mean, cov = sync.covariance(mat)
+        else:
+            _check_samples(mat.shape[-1], mat.shape[-2], xv.shape)
+            mean, cov = covariance(mat)
         g = whitening_matrix(cov, self.method, self.eps, self.iterations)
         return {"mean": mean, "cov": cov, "whitening": g}
 
@@ -659,7 +662,7 @@ def batch_whitening(
     stat = "covariance" if running_cov is not None else "whitening"
     op = Whiten(method, g, eps, iterations, stat)
     use_batch = training or running_mean is None
-    if use_batch:
+    if use_batch and batch_sync() is None:  # synchronized: the global count is checked instead
         _check_samples(x.numel() // c, g, x.shape)
     running = None if running_mean is None else {"mean": running_mean, op.keys[1]: matrix_buffer}
     return normalize(x, BATCH, op, _affine(weight, bias), running=running,
