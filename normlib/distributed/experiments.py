@@ -327,7 +327,9 @@ def train_data_parallel(per_device: int, norms: tuple[str, ...] = NORMALIZERS, *
     total = size * per_device
     models = {norm: build_model(norm, width, depth, seed) for norm in norms}
     params = {norm: [p for p in m.parameters() if p.requires_grad] for norm, m in models.items()}
-    optimizers = {norm: torch.optim.SGD(params[norm], lr=lr, momentum=momentum) for norm in norms}
+    # SGD with momentum as torch.optim.SGD computes it (buffer = momentum * buffer + gradient),
+    # written out: building a torch optimizer imports torch's compiler, seconds in every process
+    buffers = {norm: [torch.zeros_like(p) for p in params[norm]] for norm in norms}
     generator = torch.Generator().manual_seed(seed + 1)
     losses: dict[str, list[float]] = {norm: [] for norm in norms}
     for model in models.values():
@@ -337,7 +339,8 @@ def train_data_parallel(per_device: int, norms: tuple[str, ...] = NORMALIZERS, *
         parts = []
         for norm, model in models.items():
             loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
-            optimizers[norm].zero_grad(set_to_none=True)
+            for p in params[norm]:
+                p.grad = None
             loss.backward()
             parts += [p.grad.reshape(-1) for p in params[norm]] + [loss.detach().reshape(1)]
         flat = _all_reduce_mean(torch.cat(parts))  # one all-reduce: every gradient and loss
@@ -348,7 +351,10 @@ def train_data_parallel(per_device: int, norms: tuple[str, ...] = NORMALIZERS, *
                 start += p.numel()
             losses[norm].append(float(flat[start]))
             start += 1
-            optimizers[norm].step()
+            with torch.no_grad():
+                for p, buf in zip(params[norm], buffers[norm]):
+                    buf.mul_(momentum).add_(p.grad)
+                    p.sub_(lr * buf)
     n_gap = min(gap_samples, len(x_train))
     xg, yg = x_train[:n_gap], y_train[:n_gap]
     out = {}
