@@ -28,7 +28,7 @@ results, and a change to the library or to the data retrains. The folder is
 Under ``torchrun --nproc-per-node K`` (an initialized ``torch.distributed`` process group),
 :func:`training_map` gives each rank a share of the configurations (round-robin by index); each
 rank writes its runs to the cache and every rank returns the whole map, equal to a one-process
-run (``normlib.distributed.sharding.map_sharded``). Without a process group nothing changes.
+run (:func:`normlib.distributed.sharding.map_sharded`). Without a process group nothing changes.
 
 The chapter "Training map" (``chapters/training_map.md``) runs this module.
 

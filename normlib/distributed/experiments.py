@@ -53,7 +53,7 @@ __all__ = [
     "compare_across_devices",
 ]
 
-#: The normalizers compared: BatchNorm per device, synchronized BatchNorm, GroupNorm.
+#: The normalizers compared, BatchNorm per device, synchronized BatchNorm and GroupNorm.
 NORMALIZERS = ("bn", "sync_bn", "gn")
 _GN_GROUPS = 4
 
@@ -196,8 +196,9 @@ def normalization_noise(per_device: int, *, num_probes: int = 16, num_draws: int
     (and the synchronized layer all-reduces once).
 
     Returns:
-        ``{"per_device", "world_size", "snd": {norm: mean SND}, "stderr": {norm: its standard
-        error over the probes}}`` (every rank returns rank 0's values).
+        dict: ``"per_device"``, ``"world_size"``, ``"snd"`` (normalizer -> mean SND) and
+        ``"stderr"`` (normalizer -> its standard error over the probes); every rank returns
+        rank 0's values.
 
     Example:
         >>> out = normalization_noise(4, num_probes=2, num_draws=4)
@@ -301,7 +302,8 @@ def train_data_parallel(per_device: int, norms: tuple[str, ...] = NORMALIZERS, *
     they are normalized with the statistics of their batch instead of the running ones.
 
     Returns:
-        ``{norm: result}``, each a dict (equal on every rank except ``"test_accuracy"``):
+        dict: normalizer -> its result, a dict (equal on every rank except
+        ``"test_accuracy"``) with
 
         - ``"loss"``: the mean training loss of every step over the global batch;
         - ``"eval_mode_loss"``, ``"train_mode_loss"``: the losses above; ``"gap"`` is their
@@ -312,7 +314,7 @@ def train_data_parallel(per_device: int, norms: tuple[str, ...] = NORMALIZERS, *
         - ``"buffer_spread"``: the largest difference of a running statistic between two ranks.
 
     Example:
-        >>> run = train_data_parallel(8, ("gn",), steps=3)["gn"]
+        >>> run = train_data_parallel(8, ("gn",), steps=3, gap_samples=16)["gn"]
         >>> len(run["loss"]), run["gap"]       # GroupNorm: the same in both modes
         (3, 0.0)
     """
@@ -411,8 +413,9 @@ def sync_traffic(num_features: int = 64, group_sizes: tuple[int, ...] = (4, 16, 
     a random ``(per_device, num_features)`` batch under :func:`normlib.distributed.count_traffic`.
 
     Returns:
-        one dict per layer: ``"layer"``, ``"group_size"``, ``"forward"`` and ``"backward"``
-        numbers, ``"calls"`` and ``"bytes"`` (forward and backward together, per rank).
+        list[dict]: one per layer, with ``"layer"``, ``"group_size"``, ``"forward"`` and
+        ``"backward"`` numbers, ``"calls"`` and ``"bytes"`` (forward and backward together,
+        per rank).
 
     Outside a process group (or in a group of one) the layers are local and send nothing.
 
@@ -447,7 +450,8 @@ def sync_traffic(num_features: int = 64, group_sizes: tuple[int, ...] = (4, 16, 
 def compare_across_devices(per_device: tuple[int, ...] = (2, 4, 8), *, steps: int = 80,
                            lr: float = 0.05, num_probes: int = 16, num_draws: int = 32,
                            num_features: int = 64, group_sizes: tuple[int, ...] = (4, 16, 64),
-                           seed: int = 0, data: tuple | None = None) -> dict:
+                           gap_samples: int = 256, seed: int = 0,
+                           data: tuple | None = None) -> dict:
     """Everything the chapter measures, on one rank: noise, training runs and traffic.
 
     For each ``b`` of ``per_device``: :func:`normalization_noise` and :func:`train_data_parallel`
@@ -456,12 +460,13 @@ def compare_across_devices(per_device: tuple[int, ...] = (2, 4, 8), *, steps: in
     ``data=digits()``, loaded once by the caller, rather than loading it in every process.
 
     Returns:
-        ``{"world_size", "per_device", "noise": [one dict per b], "runs": [one dict per b and
-        normalizer], "traffic": [rows of sync_traffic], "seconds"}``.
+        dict: ``"world_size"``, ``"per_device"``, ``"noise"`` (one dict per ``b``), ``"runs"``
+        (one dict per ``b`` and normalizer), ``"traffic"`` (the rows of :func:`sync_traffic`)
+        and ``"seconds"`` (time of each part).
 
     Example:
         >>> out = compare_across_devices((8,), steps=2, num_probes=2, num_draws=2,
-        ...                              num_features=8, group_sizes=(4,))
+        ...                              num_features=8, group_sizes=(4,), gap_samples=16)
         >>> [r["norm"] for r in out["runs"]], out["world_size"]
         (['bn', 'sync_bn', 'gn'], 1)
     """
@@ -475,7 +480,8 @@ def compare_across_devices(per_device: tuple[int, ...] = (2, 4, 8), *, steps: in
              for b in sizes]
     after_noise = time.perf_counter()
     runs = [run for b in sizes
-            for run in train_data_parallel(b, steps=steps, lr=lr, seed=seed, data=data).values()]
+            for run in train_data_parallel(b, steps=steps, lr=lr, seed=seed, gap_samples=gap_samples,
+                                       data=data).values()]
     after_runs = time.perf_counter()
     traffic = sync_traffic(num_features, group_sizes)
     end = time.perf_counter()

@@ -1,6 +1,6 @@
 """Configuration-parallel runs: each rank of a process group takes a share of a list of jobs.
 
-The propagation sweep (:func:`normlib.propagation.sweep`) and the training map
+The propagation sweep (:func:`normlib.propagation.sweep.sweep`) and the training map
 (:func:`normlib.train.training_map`) run many independent configurations. Launched with
 ``torchrun --nproc-per-node K`` (on one or several nodes), every process calls the same
 function; :func:`map_sharded` gives rank ``r`` of ``K`` the jobs ``r, r + K, r + 2K, ...``

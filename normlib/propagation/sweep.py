@@ -16,7 +16,7 @@ Without a ``"seed"`` key the seed is 0.
 Under ``torchrun --nproc-per-node K`` (an initialized ``torch.distributed`` process group),
 every rank probes a share of the configurations (round-robin by index) and every rank returns
 the whole table, equal to the table of one process (see
-``normlib.distributed.sharding.map_sharded``); without a process group nothing changes.
+:func:`normlib.distributed.sharding.map_sharded`); without a process group nothing changes.
 
 Used by chapters "Stable forward propagation", "Informative forward
 propagation" and "Stable backward propagation".
