@@ -311,7 +311,8 @@ def train_data_parallel(per_device: int, norms: tuple[str, ...] = NORMALIZERS, *
           ``"per_device_train_mode_loss"`` and ``"per_device_gap"``;
         - ``"test_accuracy"``: accuracy of this rank's model on the test set in eval mode;
           ``"test_accuracies"``: those of all ranks;
-        - ``"buffer_spread"``: the largest difference of a running statistic between two ranks.
+        - ``"buffer_spread"``: the largest difference of a running statistic (mean or variance)
+          between rank 0 and another rank, relative to the largest of rank 0's.
 
     Example:
         >>> run = train_data_parallel(8, ("gn",), steps=3, gap_samples=16)["gn"]
@@ -376,7 +377,8 @@ def train_data_parallel(per_device: int, norms: tuple[str, ...] = NORMALIZERS, *
         buffers = _all_gather(_bn_buffers(model))
         result["test_accuracy"] = accuracy
         result["test_accuracies"] = _all_gather(accuracy)
-        result["buffer_spread"] = max((float((b - buffers[0]).abs().max())
+        scale = float(buffers[0].abs().max()) if buffers[0].numel() else 0.0
+        result["buffer_spread"] = max((float((b - buffers[0]).abs().max()) / scale
                                        for b in buffers[1:] if b.numel()), default=0.0)
         out[norm] = result
     return out
