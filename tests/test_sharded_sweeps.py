@@ -15,7 +15,7 @@ from normlib.distributed import run_local
 from normlib.distributed.sharding import ShardError, map_sharded, shard_indices, shard_world
 from normlib.models import MLP
 from normlib.propagation import sweep
-from normlib.train import ResultCache, TrainConfig, results_frame, training_map
+from normlib.train import ResultCache, TrainConfig, load_dataset, results_frame, training_map
 
 GRID = {"norm": ["bn", "gn", "ln"], "depth": [2, 3], "seed": [0]}       # 6 configurations
 # three configurations: BN is stable at the largest rate, GN and LN only at the next one
@@ -41,8 +41,10 @@ def _sweep(shard=None, built=None):
                  backward=True, shard=shard)
 
 
-def _map(cache):
-    return training_map(CONFIGS, LRS, seeds=[0], cache=cache, progress=False, device="cpu")
+def _map(cache, data=None):
+    data = data if data is not None else load_dataset("digits")
+    return training_map(CONFIGS, LRS, seeds=[0], data=data, cache=cache, progress=False,
+                        device="cpu")
 
 
 def _comparable(entries) -> pd.DataFrame:
@@ -55,14 +57,14 @@ def _fail_on_third(job):
     return job
 
 
-def _ranks_together(cache_dir):
+def _ranks_together(cache_dir, data):
     """What every rank of a two-rank run does: sweep, map, a failing job; returns what it saw."""
     import torch.distributed as dist
 
     built: list = []
     table = _sweep(built=built)
     local = _sweep(shard=False)
-    entries = _map(ResultCache(cache_dir, code_hash="sharded-test"))
+    entries = _map(ResultCache(cache_dir, code_hash="sharded-test"), data)
     try:
         map_sharded(_fail_on_third, range(4))
         failure = None
@@ -76,7 +78,8 @@ def _ranks_together(cache_dir):
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("cache")
-    return cache_dir, run_local(_ranks_together, 2, cache_dir, timeout=150)
+    # the data travels from here: the ranks need not import the dataset's loader
+    return cache_dir, run_local(_ranks_together, 2, cache_dir, load_dataset("digits"), timeout=150)
 
 
 def test_round_robin_shares_cover_every_job_once():
