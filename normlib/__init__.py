@@ -10,7 +10,7 @@ Hessian conditioning                    ``normlib.hessian`` (``operator``, ``eig
                                         ``conditioning``)
 Review I: normalizing activations       ``normlib.functional``, ``normlib.framework``,
                                         ``normlib.layers``
-Review I, across devices                ``normlib.distributed`` (synchronized batch statistics,
+Normalization across devices            ``normlib.distributed`` (synchronized batch statistics,
                                         local multi-process runs)
 Review II: whitening, recovery,         ``normlib.whitening``, ``normlib.recovery``,
 multi-mode                              ``normlib.multimode``

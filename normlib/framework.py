@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -84,7 +83,28 @@ __all__ = [
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 # ---- hook: synchronized batch statistics (set by normlib.distributed; None in one process) ----
-_BATCH_SYNC: ContextVar = ContextVar("normlib_batch_sync", default=None)
+class _Slot:
+    """Holds the active reducer. A plain attribute rather than a ``ContextVar``: torch.compile
+    traces an attribute read (and guards on it), while ``ContextVar.get`` breaks the graph."""
+
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = None
+
+    def get(self):
+        return self.value
+
+    def set(self, value):
+        """Set ``value``; returns the previous one, the token for :meth:`reset`."""
+        previous, self.value = self.value, value
+        return previous
+
+    def reset(self, token) -> None:
+        self.value = token
+
+
+_BATCH_SYNC = _Slot()
 
 
 def batch_sync():

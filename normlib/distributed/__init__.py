@@ -7,7 +7,7 @@
   model (normlib's layers and torch's BatchNorm).
 - ``normlib.distributed.launch``: :func:`run_local`, ``K`` local gloo processes.
 
-Chapter "Review I: normalizing activations", section "Normalization across devices".
+Chapter "Normalization across devices".
 """
 
 from normlib.distributed.convert import convert_sync, revert_sync

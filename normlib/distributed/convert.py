@@ -7,8 +7,7 @@ normalization and switchable whitening, and torch's own ``BatchNorm1d/2d/3d`` an
 ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does for torch's BatchNorm; the new layers
 share the old ones' parameters and buffers (same tensors: device, dtype, values and
 ``requires_grad`` kept) and train/eval mode. :func:`revert_sync` goes back, e.g. to evaluate or
-save a model in one process. Chapter "Review I: normalizing activations", section
-"Normalization across devices".
+save a model in one process. Chapter "Normalization across devices".
 
 Example:
     >>> import torch

@@ -1,6 +1,6 @@
 """Synchronized batch statistics: every batch-pooling normalizer over ``torch.distributed`` ranks.
 
-In the NAP/NOP/NRR framework (chapter "Review I: normalizing activations", section
+In the NAP/NOP/NRR framework (chapter "Review I: normalizing activations"; chapter
 "Normalization across devices") synchronization is a property of the partition: a statistic
 pooled over the batch axis ``N`` of one process becomes, over ``K`` data-parallel ranks, a
 count-weighted sum over the ranks. With ``n_r`` elements per statistic on rank ``r``,
