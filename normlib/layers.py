@@ -49,7 +49,7 @@ from normlib.functional import (
     check_input,
     default_num_groups,
 )
-from normlib.registry import ChannelsLast, register_norm
+from normlib.registry import register_norm
 
 __all__ = [
     "NormLayer",
@@ -64,7 +64,6 @@ __all__ = [
     "PositionalNorm",
     "LayerNorm2d",
     "RMSNorm2d",
-    "ChannelsLast",
     "RegionNorm",
     "FilterResponseNorm",
     "EvoNormB0",
