@@ -24,7 +24,7 @@ Training map                            ``normlib.train``, ``normlib.diagnose``
 
 Supporting modules: ``normlib.registry`` (``create_norm(name, num_features)`` builds any normalizer
 by name; ``norm_factory(name)`` is a ``norm_layer`` for torchvision's and timm's models),
-``normlib.convert`` (``convert``/``revert`` swap the activation normalizers of any model,
+``normlib.conversion`` (``convert``/``revert`` swap the activation normalizers of any model,
 ``convert_weights``/``remove_weight_norms`` its weight normalizers), ``normlib.models`` (MLP,
 VGG-style CNN, CIFAR ResNet with a pluggable normalizer), ``normlib.data`` (embedded datasets,
 on-disk CIFAR), ``normlib.device`` (device and size preset), ``normlib.cli`` (the commands of
@@ -38,7 +38,7 @@ another that imports it back)::
 
     chapters -> analysis, hessian, propagation, train, diagnose -> models -> layers
              -> framework, functional -> _checks
-    convert -> layers, recovery, registry
+    conversion -> layers, recovery, registry
 
 Layers never import analysis tools; only the chapters (and ``widgets``, which draws with
 ``plotting``) import ``plotting`` and ``widgets``.
@@ -50,7 +50,7 @@ running variance) and are tested against torch's own layers or independent refer
 from normlib import layers as _layers  # noqa: F401  (fills the registry)
 from normlib import multimode, recovery  # noqa: F401  (register whitening, recovery, multi-mode norms)
 from normlib import weight as _weight  # noqa: F401  (registers the weight normalizers)
-from normlib.convert import convert, convert_weights, remove_weight_norms, revert
+from normlib.conversion import convert, convert_weights, remove_weight_norms, revert
 from normlib.registry import available_norms, create_norm, norm_factory, register_norm
 
 __version__ = "0.1.0"

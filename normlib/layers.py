@@ -323,7 +323,7 @@ class BatchNorm(NormLayer, nn.BatchNorm2d):
     optimizers' and trainers' "no weight decay on BN" rules. Its forward is normlib's and takes
     any number of dimensions. ``torch.ao.quantization.fuse_modules`` matches exact types: pass
     ``fuse_custom_config_dict={"additional_fuser_method_mapping": fuser_method_mapping()}``
-    (from :mod:`normlib.convert`), or :func:`normlib.revert` a converted model first.
+    (from :mod:`normlib.conversion`), or :func:`normlib.revert` a converted model first.
 
     Args:
         num_features: ``C``.

@@ -6,11 +6,11 @@ Layers register themselves with :func:`register_norm`; ``normlib.layers``
 (and the weight and whitening modules) fill the registry when ``normlib`` is
 imported.
 
-:func:`norm_factory` turns a name into a ``norm_layer`` for other people's models:
+:func:`normlib.registry.norm_factory` turns a name into a ``norm_layer`` for other people's models:
 torchvision calls ``norm_layer(C)``, timm ``norm_layer(C, device=..., dtype=...)`` (and
 unpacks ``functools.partial`` objects to rebind their keywords), transformers apply it to
 channels-last tokens (``channel_dim=-1``). Weight normalizers have no activation slot; in one
-they raise and point to :func:`normlib.convert.convert_weights`.
+they raise and point to :func:`normlib.conversion.convert_weights`.
 
 Example:
     >>> import torch, normlib
@@ -123,7 +123,7 @@ def create_norm(name: str, num_features, **kwargs) -> nn.Module:
 
     A weight normalizer's name (``"wn"``, ``"ws"``, ...) gives the ``nn.Identity`` that stands
     in its slot of normlib's own models, which parametrize the weight in front of it (see
-    :func:`weight_transform`); :func:`norm_factory` refuses it instead.
+    :func:`normlib.registry.weight_transform`); :func:`normlib.registry.norm_factory` refuses it instead.
 
     Raises:
         TypeError: if ``name`` is not a string or ``num_features`` neither an int nor a shape.
@@ -148,7 +148,7 @@ class ChannelsLast(nn.Module):
     last dimension to position 1, normalizes, and moves it back, so every registered
     normalizer keeps its meaning with ``D`` as the channels and the ``L`` tokens as the
     positions (``"bn"`` pools over batch and tokens, ``"gn"`` over the tokens and a group
-    of channels of a sample). Built by :func:`norm_factory` with ``channel_dim=-1``, which
+    of channels of a sample). Built by :func:`normlib.registry.norm_factory` with ``channel_dim=-1``, which
     builds the per-token LayerNorm and RMSNorm directly, without moving dimensions.
 
     Args:
@@ -219,13 +219,13 @@ def norm_factory(norm: NormSpec, /, *, channel_dim: int = 1, **kwargs) -> Callab
             torchvision's vision transformers). On tokens ``"ln"`` and ``"rms"`` are the
             per-token forms of transformers (as ``"ln2d"`` and ``"rms2d"``, torch's
             ``LayerNorm(C)`` and ``RMSNorm(C)``); every other normalizer is wrapped in
-            :class:`ChannelsLast`, the tokens playing the part of positions.
+            :class:`normlib.registry.ChannelsLast`, the tokens playing the part of positions.
         **kwargs: passed to the layer (``num_groups``, ``eps``, ...; also ``norm``, the inner
             normalizer of the attentive norm: ``norm`` itself is positional only).
 
     Raises:
         ValueError: for an unknown name, or a weight normalizer's name (``"wn"``, ``"ws"``,
-            ...): those reparametrize weights (:func:`normlib.convert.convert_weights`) and
+            ...): those reparametrize weights (:func:`normlib.conversion.convert_weights`) and
             have no activation slot.
         TypeError: if ``norm`` is none of the above.
 
@@ -263,10 +263,10 @@ def register_weight_norm(name: str, *aliases: str, override: bool = False):
 
     A weight normalizer replaces an activation normalizer in a model: the model
     applies ``f`` to each convolution or linear layer that would be followed by a
-    normalizer (see :func:`weight_transform`), and ``create_norm(name, C)`` returns
+    normalizer (see :func:`normlib.registry.weight_transform`), and ``create_norm(name, C)`` returns
     ``nn.Identity()`` for the slot where the activation normalizer would stand in normlib's
-    own models. :func:`norm_factory` refuses the name (a ``norm_layer`` slot of another
-    model would silently be unnormalized); :func:`normlib.convert.convert_weights` applies it
+    own models. :func:`normlib.registry.norm_factory` refuses the name (a ``norm_layer`` slot of another
+    model would silently be unnormalized); :func:`normlib.conversion.convert_weights` applies it
     to any model.
     """
 

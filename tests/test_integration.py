@@ -17,7 +17,7 @@ from peers import timm  # imports torchvision too, on this CPU torch
 from torch import nn
 
 import normlib
-from normlib.convert import find_norms, fuser_method_mapping
+from normlib.conversion import find_norms, fuser_method_mapping
 from normlib.layers import BatchNorm, LayerNorm2d, RMSNorm2d
 from normlib.registry import available_norms, is_weight_norm, norm_factory
 

@@ -26,9 +26,8 @@ instance norms and the ``...2d`` layer norms, ``(N, *, C)`` tokens for ``nn.Laye
 :class:`normlib.registry.ChannelsLast` (``"ln"``/``"rms"``/``"ln2d"``/``"rms2d"`` become the
 usual per-token forms).
 
-The functions are also ``normlib.convert``, ``normlib.revert``, ``normlib.convert_weights`` and
-``normlib.remove_weight_norms``; ``normlib.convert`` being the function, import the other
-names of this module from it (``from normlib.convert import find_norms``).
+The four functions are also at the top level: ``normlib.convert``, ``normlib.revert``,
+``normlib.convert_weights``, ``normlib.remove_weight_norms``.
 
 Example:
     >>> import torch, normlib
@@ -146,11 +145,11 @@ def _layout(module: nn.Module) -> tuple[int | tuple[int, ...] | None, int]:
 
 
 def find_norms(model: nn.Module, include=None, exclude=None) -> dict[str, nn.Module]:
-    """The activation normalizers of ``model`` that :func:`convert` would replace, by name.
+    """The activation normalizers of ``model`` that :func:`normlib.conversion.convert` would replace, by name.
 
     Outermost only: a normalizer inside another (the BatchNorm of an attentive norm, the layer
     in a :class:`normlib.registry.ChannelsLast`) is part of it. ``include``/``exclude`` as in
-    :func:`convert`.
+    :func:`normlib.conversion.convert`.
 
     Example:
         >>> import torchvision  # doctest: +SKIP
@@ -295,19 +294,19 @@ def convert(model: nn.Module, norm: NormSpec, /, include=None, exclude=None, *,
             example_input=None, **kwargs) -> nn.Module:
     """Replace the activation normalizers of ``model`` by ``norm``, in place.
 
-    Every normalizer :func:`find_norms` finds (torch's batch, group, layer, RMS, instance and
-    local response norms, timm's and torchvision's ``LayerNorm2d``, normlib's layers) is
+    Every normalizer :func:`normlib.conversion.find_norms` finds (torch's batch, group, layer,
+    RMS, instance and local response norms, timm's and torchvision's ``LayerNorm2d``, normlib's layers) is
     replaced by ``norm`` built for the same channels, keeping what means the same (see the
     module docstring: affine parameters always, settings and running statistics for the same
     normalizer), the device, dtype and mode. The replaced module is remembered for
-    :func:`revert`.
+    :func:`normlib.conversion.revert`.
 
     Args:
         model: any ``nn.Module``; if it is itself a normalizer, the replacement is returned
             (as ``convert_sync_batchnorm`` does).
         norm: a registered name (``"gn"``, ``"bn"``, ``"ln2d"``, ``"none"`` to drop them,
             ...) or a callable ``f(num_features, **kw)`` such as ``nn.BatchNorm2d``. Weight
-            normalizers are refused: use :func:`convert_weights`.
+            normalizers are refused: use :func:`normlib.conversion.convert_weights`.
         include: which normalizers to replace (default all): a name pattern
             (``"layer1.*"``, fnmatch), a registered name of a normalizer (``"bn"`` matches
             torch's and normlib's batch norms), a module type, a list of those, or a callable
@@ -414,13 +413,13 @@ def _is_none(norm) -> bool:
 
 
 def revert(model: nn.Module, include=None, exclude=None) -> nn.Module:
-    """Undo :func:`convert`: put back the modules it replaced, in place.
+    """Undo :func:`normlib.conversion.convert`: put back the modules it replaced, in place.
 
     Each original comes back with what its replacement learned where it means the same (the
     affine ``weight``/``bias``; settings and statistics when the original is the same
     normalizer), on the replacement's device and dtype and in its mode. Modules that
-    :func:`convert` did not build are left alone. ``include``/``exclude`` as in
-    :func:`convert`, matched against the replacements.
+    :func:`normlib.conversion.convert` did not build are left alone. ``include``/``exclude`` as in
+    :func:`normlib.conversion.convert`, matched against the replacements.
 
     Returns:
         ``model``, changed in place (or the original of a normalizer given as ``model``).
@@ -465,11 +464,11 @@ def convert_weights(model: nn.Module, norm: str = "ws", types=(nn.Conv2d, nn.Lin
 
     ``norm`` is a registered weight normalizer (``"ws"``, ``"sws"``, ``"wn"``, ``"cwn"``,
     ``"own"``, ``"oni"``, ``"sn"``, ``"normprop"``; chapter "Review III: weights and
-    gradients"), applied with :func:`torch.nn.utils.parametrize.register_parametrization`
+    gradients"), applied with ``torch.nn.utils.parametrize.register_parametrization``
     through :func:`normlib.registry.weight_transform`, so ``module.weight`` becomes the
     normalized weight and the optimizer trains the parametrization's tensors. Layers whose
     weight is already parametrized are left alone. The activation normalizers stay; use
-    :func:`convert` with ``"none"`` to drop them.
+    :func:`normlib.conversion.convert` with ``"none"`` to drop them.
 
     Args:
         model: any ``nn.Module``.
@@ -517,9 +516,9 @@ def convert_weights(model: nn.Module, norm: str = "ws", types=(nn.Conv2d, nn.Lin
 
 
 def remove_weight_norms(model: nn.Module, include=None, exclude=None) -> nn.Module:
-    """Undo :func:`convert_weights`: plain weights equal to the effective (normalized) ones.
+    """Undo :func:`normlib.conversion.convert_weights`: plain weights equal to the effective ones.
 
-    Removes the weight parametrizations that :func:`convert_weights` added
+    Removes the weight parametrizations that :func:`normlib.conversion.convert_weights` added
     (``leave_parametrized=True``), so the model computes the same function with an ordinary
     ``weight`` parameter. Other parametrizations are left alone.
 
