@@ -754,9 +754,9 @@ class RMSNorm2d(NormLayer):
     """RMSNorm over the channels at each position, for ``(N, C, *)`` feature maps.
 
     ``y[n, :, p] = x[n, :, p] / sqrt(mean_c(x[n, :, p]^2) + eps) * weight`` (Zhang and Sennrich,
-    2019), as timm's ``RmsNorm2d`` (equal to it): the RMSNorm of transformers applied to
-    channels-first maps. :class:`RMSNorm` (``"rms"``) pools over ``(C, *)`` instead. Chapter
-    "Review I: normalizing activations".
+    2019), as timm's ``RmsNorm2d`` (equal to it, and computed the same way, over dimension 1):
+    the RMSNorm of transformers applied to channels-first maps. :class:`RMSNorm` (``"rms"``)
+    pools over ``(C, *)`` instead. Chapter "Review I: normalizing activations".
 
     Args:
         num_features: ``C``.
@@ -784,8 +784,12 @@ class RMSNorm2d(NormLayer):
         self._check(x)
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
         if self.backend == "auto" and (xc := NF._torch_ready(x, self.weight)) is not None:
-            y = F.rms_norm(_move_channels_last(xc), (self.num_features,), self.weight, eps)
-            return _move_channels_first(y).to(x.dtype)
+            # Reduced over dimension 1 in place: on the CPU, torch's rms_norm kernel on a
+            # channels-last view is 1.5 to 3 times slower than this (timm computes it so too).
+            y = xc * torch.rsqrt(xc.square().mean(dim=1, keepdim=True) + eps)
+            if self.weight is not None:
+                y = y * self.weight.reshape((1, -1) + (1,) * (x.dim() - 2))
+            return y.to(x.dtype)
         return normalize(x, POSITIONAL, Standardize(eps, center=False),
                          None if self.weight is None else Affine(self.weight, None))
 

@@ -23,12 +23,7 @@ ACTIVATION_NORMS = [n for n in available_norms() if not is_weight_norm(n) and n 
 WEIGHT_NORMS = [n for n in available_norms() if is_weight_norm(n)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- the factory
