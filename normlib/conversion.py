@@ -20,6 +20,9 @@ What a replacement keeps (the parameters and buffers that mean the same thing):
   ``affine``, ``track_running_stats``, ``num_groups``) and every state entry of the same name
   and shape, the running statistics included: the converted model computes the same function.
 
+timm's norm-act layers (``BatchNormAct2d``, ``GroupNormAct``, ...), which apply an
+activation as well, are not replaced.
+
 The layout of each slot is read from the old layer: ``(N, C, *)`` for batch, group and
 instance norms and the ``...2d`` layer norms, ``(N, *, C)`` tokens for ``nn.LayerNorm`` and
 ``nn.RMSNorm`` (transformers), where the new normalizer is wrapped in
@@ -400,9 +403,15 @@ def _build_like(old: nn.Module, norm: NormSpec, size, channel_dim: int, kwargs: 
     else:
         factory = norm_factory(norm, channel_dim=channel_dim, **kwargs)
         same = None
-    new = factory(size, **({} if _is_none(norm) else _factory_of(old)))
+    extra = {} if _is_none(norm) else _factory_of(old)
+    new = factory(size, **extra)
     if same is None:
-        same = type(new) is type(old)
+        # A callable (torch's nn.BatchNorm2d, say): the same normalizer if it builds the same
+        # kind, and then it is rebuilt with the old layer's settings that it takes.
+        same = _kind(new) is not None and _kind(new) == source
+        settings = _settings(old, norm) if same else {}
+        if settings:
+            new = norm_factory(norm, channel_dim=channel_dim, **{**settings, **kwargs})(size, **extra)
     _carry(old, new, same)
     new.train(old.training)
     return new

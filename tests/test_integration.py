@@ -256,6 +256,17 @@ def test_convert_to_the_same_normalizer_keeps_the_function_and_the_statistics():
     assert vit.blocks[0].norm1.eps == 1e-6  # timm's ViT LayerNorm eps is kept
 
 
+def test_convert_to_a_torch_class_keeps_the_settings_and_statistics_of_the_same_normalizer():
+    model = normlib.convert(_tv_resnet(), "bn", momentum=0.3, eps=1e-3)
+    model.train()(torch.randn(4, 3, 16, 16))
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    before = model(x)
+    normlib.convert(model, nn.BatchNorm2d)
+    assert type(model.bn1) is nn.BatchNorm2d and (model.bn1.momentum, model.bn1.eps) == (0.3, 1e-3)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
 def test_convert_keeps_the_affine_parameters_device_dtype_and_filters_by_name_and_type():
     model = _tv_resnet().double()
     with torch.no_grad():
