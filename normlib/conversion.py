@@ -356,6 +356,7 @@ def convert(model: nn.Module, norm: NormSpec, /, include=None, exclude=None, *,
                                  f"count: {names})", None, "pass example_input=a batch")
         channels = _channels_by_forward(model, unknown, example_input)
     replaced = model
+    model_factory = _factory_of(model)
     for name, old in found.items():
         size, channel_dim = _layout(old)
         if size is None:
@@ -363,7 +364,8 @@ def convert(model: nn.Module, norm: NormSpec, /, include=None, exclude=None, *,
                 raise ValueError(f"the LocalResponseNorm {name!r} did not run on example_input, "
                                  f"so its channel count is unknown; pass an input that reaches it")
             size = channels[name]
-        new = _build_like(old, norm, size, channel_dim, kwargs)
+        # A layer without tensors (torch's LocalResponseNorm) takes the model's device and dtype.
+        new = _build_like(old, norm, size, channel_dim, kwargs, _factory_of(old) or model_factory)
         original = old.__dict__.get(_ORIGINAL, old)
         new.__dict__[_ORIGINAL] = original
         if name:
@@ -384,7 +386,8 @@ def _same_normalizer(source: str | None, target: str, channel_dim: int) -> bool:
     return channel_dim == -1 and any({source, target} <= pair for pair in _PER_TOKEN)
 
 
-def _build_like(old: nn.Module, norm: NormSpec, size, channel_dim: int, kwargs: dict) -> nn.Module:
+def _build_like(old: nn.Module, norm: NormSpec, size, channel_dim: int, kwargs: dict,
+                factory_kwargs: dict) -> nn.Module:
     """``norm`` for the slot of ``old``: same channels, layout, device, dtype and mode."""
     source = _kind(old)
     if isinstance(norm, str) or norm is None:
@@ -403,7 +406,7 @@ def _build_like(old: nn.Module, norm: NormSpec, size, channel_dim: int, kwargs: 
     else:
         factory = norm_factory(norm, channel_dim=channel_dim, **kwargs)
         same = None
-    extra = {} if _is_none(norm) else _factory_of(old)
+    extra = {} if _is_none(norm) else factory_kwargs
     new = factory(size, **extra)
     if same is None:
         # A callable (torch's nn.BatchNorm2d, say): the same normalizer if it builds the same

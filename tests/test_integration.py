@@ -292,11 +292,12 @@ def test_convert_keeps_the_affine_parameters_device_dtype_and_filters_by_name_an
 
 
 def test_convert_a_local_response_norm_reads_its_channels_from_an_example_input():
-    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.LocalResponseNorm(3), nn.ReLU())
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.LocalResponseNorm(3), nn.ReLU()).double()
     with pytest.raises(ValueError, match="example_input"):
         normlib.convert(model, "bn")
-    normlib.convert(model, "bn", example_input=torch.randn(2, 3, 6, 6))
+    normlib.convert(model, "bn", example_input=torch.randn(2, 3, 6, 6, dtype=torch.float64))
     assert model[1].num_features == 6
+    assert model[1].weight.dtype == torch.float64  # the model's dtype: LRN has no tensors
 
 
 def test_convert_none_drops_the_normalizers_and_convert_weights_normalizes_the_weights():
