@@ -188,6 +188,22 @@ def test_torchvision_feature_extractor_works_on_a_model_with_normlib_layers():
     torch.testing.assert_close(features["out"], model(x))
 
 
+def test_timm_fx_feature_extraction_works_on_models_with_normlib_layers():
+    from timm.models._features_fx import create_feature_extractor
+
+    torch.manual_seed(0)
+    resnet = timm.create_model("resnet18", pretrained=False, features_only=True, feature_cls="fx",
+                               layers=(1, 1, 1, 1), channels=(16, 32, 32, 32), stem_width=16,
+                               norm_layer=norm_factory("gn", num_groups=4))
+    assert type(resnet).__name__ == "FeatureGraphNet"
+    assert [f.shape[1] for f in resnet(torch.randn(2, 3, 32, 32))][1:] == [16, 32, 32, 32]
+    vit = _timm_vit(norm_layer=norm_factory("bn", channel_dim=-1)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    features = create_feature_extractor(vit, ["blocks.0", "head"])(x)
+    assert features["blocks.0"].shape == (2, 17, 32)
+    torch.testing.assert_close(features["head"], vit(x))
+
+
 # ----------------------------------------------------------------------------- whole models
 
 
