@@ -38,7 +38,7 @@ another that imports it back)::
 
     chapters -> analysis, hessian, propagation, train, diagnose -> models -> layers
              -> framework, functional -> _checks
-    conversion -> layers, recovery, registry
+    conversion -> layers, whitening, recovery, multimode, registry
 
 Layers never import analysis tools; only the chapters (and ``widgets``, which draws with
 ``plotting``) import ``plotting`` and ``widgets``.

@@ -58,7 +58,8 @@ from torch.nn.utils import parametrize
 
 from normlib._checks import argument_error, check_module, check_str
 from normlib._state import preserved_state
-from normlib.layers import NormLayer
+from normlib.layers import NormLayer, RegionNorm
+from normlib.multimode import SwitchableWhitening
 from normlib.recovery import AttentiveNorm
 from normlib.registry import (
     _ALIASES,
@@ -71,6 +72,7 @@ from normlib.registry import (
     norm_factory,
     weight_transform,
 )
+from normlib.whitening import BatchWhitening, GroupWhitening
 
 __all__ = [
     "convert",
@@ -96,6 +98,7 @@ _SETTINGS = ("eps", "momentum", "affine", "track_running_stats", "num_groups")
 _ORIGINAL = "_normlib_original"  # instance attribute: the module a converted one replaced
 _WEIGHT_MARK = "_normlib_weight_norm"  # instance attribute: the weight normalizer applied
 
+
 def _channels_first_subclass(module: nn.Module) -> bool:
     """timm's and torchvision's ``LayerNorm2d``/``RmsNorm2d``: layer norms on ``(N, C, H, W)``."""
     return type(module).__name__.lower().endswith(("2d", "2dfp32"))
@@ -111,11 +114,20 @@ def _kind(module: nn.Module) -> str | None:
     if isinstance(module, ChannelsLast):
         return _kind(module.norm)
     if isinstance(module, (NormLayer, AttentiveNorm)):
+        if isinstance(module, RegionNorm):
+            return None  # it needs its mask: no slot of another model holds it
+        # Registered through a factory function rather than as a class:
+        if isinstance(module, BatchWhitening):
+            return module.method  # "zca", "pca", "cholesky", "iternorm"
+        if isinstance(module, GroupWhitening):
+            return "gw"
+        if isinstance(module, SwitchableWhitening):
+            return "switchable_whitening"
         for cls in type(module).__mro__:
             for name, factory in _REGISTRY.items():
                 if factory is cls:
                     return name
-        return None  # an unregistered normlib layer (RegionNorm needs its mask)
+        return type(module).__name__  # a NormLayer of a user's: a normalizer all the same
     if _holds_activation(module):
         return None
     for cls, name in _TORCH_KINDS:

@@ -254,6 +254,16 @@ def test_convert_puts_every_normalizer_into_torchvision_and_timm_models_and_reve
         assert {k: type(model.get_submodule(k)) for k in originals} == originals
 
 
+@pytest.mark.parametrize("name", ACTIVATION_NORMS)
+def test_convert_finds_and_replaces_every_normlib_layer_and_revert_brings_it_back(name):
+    layer = norm_factory(name)(8)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), layer, nn.ReLU())
+    assert find_norms(model) == {"1": layer}
+    normlib.convert(model, "gn", num_groups=2)
+    assert isinstance(model[1], normlib.layers.GroupNorm) and model[1] is not layer
+    assert normlib.revert(model)[1] is layer
+
+
 def test_convert_to_the_same_normalizer_keeps_the_function_and_the_statistics():
     model = _tv_resnet()
     for _ in range(2):
