@@ -234,11 +234,11 @@ def _norm_builders(norm: NormSpec, norm_kwargs: dict | None, activation="relu",
                 ValueError, "weight_norm_style", "'torch' unless norm='wn'", weight_norm_style,
                 f"'lubana' builds Lubana et al.'s weight-normalized network and needs norm='wn', "
                 f"got norm={norm!r}")
-        return (norm_factory(norm), lambda m: _unit_weight_norm(m, **kwargs),
+        return (norm_factory(None), lambda m: _unit_weight_norm(m, **kwargs),
                 lambda: StandardizedActivation(activation))
     make_act = lambda: _activation(activation)  # noqa: E731
     if is_weight_norm(norm):
-        return norm_factory(norm), weight_transform(norm, **kwargs), make_act
+        return norm_factory(None), weight_transform(norm, **kwargs), make_act
     return norm_factory(norm, **kwargs), weight_transform(norm), make_act
 
 
@@ -255,7 +255,7 @@ def has_activation_norm(norm: NormSpec, num_features: int = 8) -> bool | None:
         >>> has_activation_norm("gn"), has_activation_norm("wn"), has_activation_norm("none")
         (True, False, False)
     """
-    if norm is None:
+    if norm is None or is_weight_norm(norm):
         return False
     if not isinstance(norm, str):
         return True
