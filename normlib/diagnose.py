@@ -796,7 +796,7 @@ def _diagnose_command(args) -> int:
     except _UserError as err:
         print(f"{_PROG}: error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"{_PROG}: error: {(str(err).splitlines() or [type(err).__name__])[0]}",
               file=sys.stderr)
         return 2
