@@ -18,8 +18,8 @@ Rounds alternate the two (A, B, A, B, ...) after one warm-up of each, so that ot
 load on a shared machine disturbs both alike; the table shows medians and their ratio. The
 clock is the process's CPU time with one torch thread by default: on a shared machine it is
 what other users' load disturbs least (``--clock wall`` for wall-clock time, the right clock
-with several threads or on a GPU, where the script synchronizes before reading it). ``--quick`` uses 8 x 3 x 64 x 64 inputs and 3 rounds (a smoke run, not the goal's
-size).
+with several threads or on a GPU, where the script synchronizes before reading it).
+``--quick`` uses 8 x 3 x 64 x 64 inputs and 3 rounds (a smoke run, not the goal's size).
 """
 
 from __future__ import annotations

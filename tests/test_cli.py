@@ -12,11 +12,10 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from normlib.cli import main
 
@@ -25,7 +24,54 @@ PROG = "python -m normlib diagnose"
 # The packages of the optional extras (data, book): a base install has none of them.
 EXTRAS = ("sklearn", "mnist1d", "matplotlib", "scipy", "sympy", "ipywidgets", "jupyter_book")
 
-FACTORIES = '"""Models as a user\'s package would define them, for the command-line tests."""\n\nimport torch\nfrom torch import nn\n\n\ndef _plain(gain: float, depth: int = 8) -> nn.Sequential:\n    layers = []\n    for i in range(depth):\n        conv = nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1, bias=False)\n        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")\n        conv.weight.data.mul_(gain)\n        layers.append(nn.Sequential(conv, nn.ReLU()))\n    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))\n\n\ndef healthy() -> nn.Module:\n    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())\n              for _ in range(4)]\n    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *blocks, nn.AdaptiveAvgPool2d(1),\n                         nn.Flatten(), nn.Linear(8, 10))\n\n\ndef exploding() -> nn.Module:\n    return _plain(2.0)\n\n\ndef fading() -> nn.Module:\n    return _plain(0.5)\n\n\ndef not_a_model():\n    return {"weights": torch.zeros(3)}\n\n\ndef broken():\n    raise RuntimeError("the checkpoint is missing\\nsecond line")\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.body = healthy()\n\n    def forward(self, x):\n        return self.body(x)\n'
+FACTORIES = '''\
+"""Models as a user's package would define them, for the command-line tests."""
+
+import torch
+from torch import nn
+
+
+def _plain(gain: float, depth: int = 8) -> nn.Sequential:
+    layers = []
+    for i in range(depth):
+        conv = nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1, bias=False)
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        conv.weight.data.mul_(gain)
+        layers.append(nn.Sequential(conv, nn.ReLU()))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def healthy() -> nn.Module:
+    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+              for _ in range(4)]
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *blocks, nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10))
+
+
+def exploding() -> nn.Module:
+    return _plain(2.0)
+
+
+def fading() -> nn.Module:
+    return _plain(0.5)
+
+
+def not_a_model():
+    return {"weights": torch.zeros(3)}
+
+
+def broken():
+    raise RuntimeError("the checkpoint is missing\\nsecond line")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = healthy()
+
+    def forward(self, x):
+        return self.body(x)
+'''
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +161,8 @@ def _main(args, capsys):
     (["--model", "no_such_package.models:net", "--input-shape", "3,8,8"],
      "cannot import module 'no_such_package.models'"),
     (["--model", "cli_factories:missing", "--input-shape", "3,8,8"], "has no attribute 'missing'"),
-    (["--model", "cli_factories:not_a_model", "--input-shape", "3,8,8"], "returned a dict, not a torch.nn.Module"),
+    (["--model", "cli_factories:not_a_model", "--input-shape", "3,8,8"],
+     "returned a dict, not a torch.nn.Module"),
     (["--model", "cli_factories:broken", "--input-shape", "3,8,8"],
      "calling it raised RuntimeError: the checkpoint is missing"),
     (["--model", "cli_factories:healthy", "--input-shape", "3,8,8", "--norm", "gn", "--depth", "8"],

@@ -10,8 +10,8 @@ from torch import nn
 
 from normlib.__main__ import main
 from normlib.diagnose import Thresholds, diagnose, diagnose_config, init_metrics, judge, spearman
-from normlib.propagation.probe import probe_points
 from normlib.models import VGG, ResNet
+from normlib.propagation.probe import probe_points
 from normlib.train import TrainConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]

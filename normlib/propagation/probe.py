@@ -1,8 +1,10 @@
 r"""Probes: per-layer statistics of activations and gradients in one forward and one backward pass.
 
-:func:`probe` attaches forward hooks to chosen points of a model (the residual
-blocks of a ResNet, the layers of an MLP or VGG, every normalization layer, or
-any modules you name), runs one forward and one backward pass per batch and
+:func:`probe` attaches forward hooks to chosen points of a model (by default the
+residual blocks or repeated layers that :func:`residual_stream` finds in any
+``nn.Module``: normlib's ResNets, VGGs and MLPs, torchvision's and timm's ResNets,
+timm's ViTs; else every normalization layer, else every weight layer; or any
+modules you name), runs one forward and one backward pass per batch and
 returns one row per point with
 
 - the forward statistics of :mod:`normlib.propagation.statistics` (variance,
@@ -14,7 +16,15 @@ returns one row per point with
   weights (its parameters with two or more dimensions: convolution and linear
   weights, not the normalizers' per-channel gains; of a weight-normalized layer,
   :math:`w = g\, v/\|v\|`, the stored direction :math:`v`, not the gain
-  :math:`g`), and ``weight_norm``, the norm of those same parameters.
+  :math:`g`), and ``weight_norm``, the norm of those same parameters;
+- where the point lies: ``weight_layers``, the number of weight layers
+  (convolutions, linear maps) the forward pass ran up to it, counted by hooks, the
+  unit of depth of :mod:`normlib.diagnose`; and ``stem``, whether the forward pass
+  reached it before the first residual block.
+
+The similarity and rank statistics come from a Gram matrix of the samples, at most
+:data:`GRAM_MAX_FEATURES` entries per sample (an evenly strided subsample of a
+larger layer, so that they cost little next to the pass itself).
 
 The hooks reduce each output to these numbers at once; no activation is kept
 beyond the one batch that autograd needs for the backward pass, so memory does

@@ -356,7 +356,7 @@ def _gram_subsample(flat: torch.Tensor, max_features: int | None) -> torch.Tenso
 
 def representation_statistics(x: torch.Tensor, rtol: float | None = None, *,
                               max_features: int | None = None) -> dict[str, float]:
-    r"""All statistics of :data:`STATISTICS` from one pass over ``x``, one Gram matrix and one eigendecomposition.
+    r"""All statistics of :data:`STATISTICS`: one pass over ``x``, one Gram matrix, one eigendecomposition.
 
     The probes call this once per layer and batch. The similarity measures need
     ``N >= 2``; with one sample they are NaN here (the probes refuse such a batch).
