@@ -67,7 +67,7 @@ def _norm_builders(norm: NormSpec, norm_kwargs: dict | None):
         raise TypeError(f"norm_kwargs must be a dict of keyword arguments, got {type(norm_kwargs).__name__}")
     kwargs = dict(norm_kwargs or {})
     if is_weight_norm(norm):
-        return norm_factory(norm), weight_transform(norm, **kwargs)
+        return norm_factory(None), weight_transform(norm, **kwargs)
     return norm_factory(norm, **kwargs), weight_transform(norm)
 
 
@@ -84,7 +84,7 @@ def has_activation_norm(norm: NormSpec, num_features: int = 8) -> bool | None:
         >>> has_activation_norm("gn"), has_activation_norm("wn"), has_activation_norm("none")
         (True, False, False)
     """
-    if norm is None:
+    if norm is None or is_weight_norm(norm):
         return False
     if not isinstance(norm, str):
         return True

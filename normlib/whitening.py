@@ -410,7 +410,8 @@ def whitening_matrix(cov: Tensor, method: str = "zca", eps: float = 1e-5,
     check_positive_int("iterations", iterations)
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"cov must have shape (..., d, d), got {tuple(cov.shape)}")
-    if not bool(torch.isfinite(cov).all()):
+    # A data-dependent check: skipped while torch.compile or torch.export trace the layer.
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(cov).all()):
         raise ValueError(
             f"cannot whiten: the {tuple(cov.shape[-2:])} covariance has non-finite entries, so the "
             f"input holds non-finite values (NaN or inf) or is so large that its second moments "
