@@ -535,3 +535,16 @@ def test_timm_models_are_diagnosed_with_default_arguments(name, points):
     d = diagnose(model, torch.randn(4, 3, 32, 32))
     assert list(d.layers["name"]) == points
     assert d.verdicts["stable forward"] == "ok", d.checks
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln2d", "frn"])
+def test_a_torchvision_resnet18_with_a_normlib_norm_layer_is_diagnosed_at_its_blocks(norm):
+    import normlib
+
+    _, torchvision = _peers()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(norm_layer=normlib.norm_factory(norm), num_classes=10)
+    d = diagnose(model, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert list(d.layers["name"]) == BLOCKS_18 and d.metrics["depth"] == 17
+    assert all(math.isfinite(v) for v in d.metrics.values()), d.metrics
+    assert d.verdicts["stable forward"] == "ok", d.checks
