@@ -271,7 +271,7 @@ def run_products(args) -> dict:
               file=sys.stderr)
     times = {name: [] for name in fns}
     now = clock(args.device)
-    for name, fn in fns.items():  # warm-up
+    for fn in fns.values():  # warm-up
         fn()
     for _ in range(args.product_rounds):
         for name, fn in fns.items():
