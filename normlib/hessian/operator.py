@@ -102,6 +102,11 @@ class HessianOperator:
     many: the distributed operator equals the single-process operator on the list of all ranks'
     batches (not on one concatenated batch, whose statistics no rank sees); use ``mode="eval"``
     (running statistics) or a model without batch statistics for the Hessian of one global batch.
+    A ``DataLoader`` with ``torch.utils.data.DistributedSampler`` gives each rank a shard, but
+    the sampler pads the data set with repeated samples to a multiple of the world size (unless
+    ``drop_last=True``, which drops them): those samples then count twice. Shard so that every
+    sample is on exactly one rank (e.g. ``Subset(dataset, range(rank, len(dataset), world))``)
+    for the Hessian of the data set itself.
 
     One batch: the graph of :math:`\\nabla_\\theta L` is built once and each product costs one
     second backward pass (about the cost of a forward plus backward pass). An iterable of batches:
