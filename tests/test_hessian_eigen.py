@@ -113,9 +113,16 @@ def test_lanczos_basis_grows_with_the_steps_taken_not_with_max_iters():
     process = _LanczosProcess(a_op := _dense(a), start, 400, torch.Generator().manual_seed(0), "cpu")
     for _ in range(5):
         process.step()
-    # Five steps keep six vectors, in one chunk of 16 rows: not the 400 x 400 of max_iters.
+    # Five steps keep six vectors, in one chunk of 64 rows: not the 400 x 400 of max_iters.
     assert process.basis.size == 6
-    assert process.basis.nbytes() == 16 * 400 * 8
+    assert process.basis.nbytes() == 64 * 400 * 8
+    # A large model: chunks of 4 rows, so at most 3 vectors are allocated ahead of the steps.
+    from normlib.hessian.eigen import _Basis
+
+    big = _Basis(10**7, DT, "meta")
+    for _ in range(5):
+        big.append(torch.empty(10**7, dtype=DT, device="meta"))
+    assert big.nbytes() == 8 * 10**7 * 8
     assert a_op.num_matvecs == 5
 
 

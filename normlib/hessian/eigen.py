@@ -82,12 +82,16 @@ class _Basis:
     """The Lanczos vectors, grown in chunks of rows as the process goes, on ``device``.
 
     Memory is ``ceil(m / chunk) * chunk * P`` for ``m`` vectors: nothing is reserved for steps
-    that are never taken. The orthogonalization runs where the basis lives (the vector is moved
-    there and back), so a basis on the CPU costs host memory and transfers, not device memory.
+    that are never taken. A chunk holds about a million numbers (64 rows for small models, 4 for
+    large ones: at most 3 vectors allocated ahead). The orthogonalization runs where the basis
+    lives (the vector is moved there and back), so a basis on the CPU costs host memory and
+    transfers, not device memory.
     """
 
-    def __init__(self, n: int, dtype, device, chunk: int = 16):
+    def __init__(self, n: int, dtype, device, chunk: int | None = None):
         self.n, self.dtype, self.device = n, dtype, torch.device(device)
+        if chunk is None:
+            chunk = max(4, min(64, 2**20 // max(n, 1)))
         self.chunk = max(1, min(chunk, n))
         self.blocks: list[torch.Tensor] = []
         self.size = 0
