@@ -8,7 +8,9 @@ random inputs and labels. ``--quick``: widths 8-16-32-64 (0.18 M parameters, an 
 ResNet-18's widths), 16 images of 3 x 32 x 32. Full size: widths 64-128-256-512 (11.2 M
 parameters, ResNet-18 itself with a CIFAR stem), 32 images of 3 x 224 x 224: one product is
 then about 3 GFLOP x 32 x 2.4, minutes on one CPU core per product and hours for the table, so
-run it on a GPU (``--device cuda``), where it takes a few minutes.
+run it on a GPU (``--device cuda``), where it takes a few minutes. ``--size params``: the full
+widths (11.2 M parameters) on 4 images of 3 x 32 x 32, to see the memory of the solvers' vectors
+at ResNet-18's size on a CPU (``--tasks top1``: tens of minutes here).
 
 All three libraries compute the same matrix: the Hessian of the mean cross-entropy in eval mode
 (PyHessian always puts the model in eval mode). Tasks, at equal accuracy:
@@ -60,6 +62,9 @@ if ROOT not in sys.path:
 SIZES = {
     "quick": {"width": 8, "batch": 16, "image": 32},
     "full": {"width": 64, "batch": 32, "image": 224},
+    # ResNet-18's parameter count with small inputs: the memory of the solvers' vectors at full
+    # size, on a CPU (python benchmarks/hessian.py --size params --tasks top1).
+    "params": {"width": 64, "batch": 4, "image": 32},
 }
 TOL = 1e-3
 

@@ -201,6 +201,15 @@ def distributed_hessian_worker() -> dict:
         out["mismatch"] = None
     except ValueError as err:
         out["mismatch"] = str(err)
+    # Same parameters, running statistics that differ (BN trained on each rank's shard).
+    net = bn_net()
+    with torch.no_grad():
+        net[1].running_mean.add_(rank)
+    try:
+        HessianOperator(net, loss, (x, y), mode="eval", process_group=group)
+        out["buffer_mismatch"] = None
+    except ValueError as err:
+        out["buffer_mismatch"] = str(err)
     # Plain arrays: tensors put on a torch.multiprocessing queue travel as shared-memory handles
     # that die with the process that made them.
     return _as_numpy(out)

@@ -97,9 +97,10 @@ def test_batchnorm_eval_mode_is_exact_and_train_mode_normalizes_each_rank_separa
         assert not close(out["bn_train"], global_batch, rtol=1e-3)
 
 
-def test_parameters_that_differ_between_ranks_are_refused_on_every_rank(ranks):
+def test_parameters_or_running_statistics_that_differ_between_ranks_are_refused(ranks):
     for out in ranks:
         assert out["mismatch"] is not None and "identical on every rank" in out["mismatch"]
+        assert out["buffer_mismatch"] is not None and "identical on every rank" in out["buffer_mismatch"]
 
 
 def test_process_group_without_torch_distributed_is_refused():

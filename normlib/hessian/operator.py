@@ -141,7 +141,7 @@ class HessianOperator:
     Raises:
         ValueError: unknown ``mode``, empty data (on every rank), a batch with no samples, a
             non-scalar loss, a model with no trainable parameters or with parameters of several
-            dtypes or devices, parameters that differ between ranks.
+            dtypes or devices, parameters or buffers that differ between ranks.
         TypeError: ``loss_fn`` not callable, ``data`` neither a batch nor a re-iterable of batches,
             a one-shot iterator.
 
@@ -329,14 +329,19 @@ class HessianOperator:
         return tensor
 
     def _check_same_parameters(self) -> None:
-        theta = self._theta.detach()
-        both = torch.stack([theta, -theta])
+        # Parameters and floating buffers (running statistics), as float64: max == -max(-x).
+        parts = [self._theta.detach().to(torch.float64)] + [
+            b.detach().reshape(-1).to(device=self.device, dtype=torch.float64)
+            for _, b in self.model.named_buffers() if b.is_floating_point()
+        ]
+        state = torch.cat(parts)
+        both = torch.stack([state, -state])
         self._all_reduce(both, op=_dist().ReduceOp.MAX)
-        if not torch.equal(both[0], theta) or not torch.equal(-both[1], theta):
+        if not torch.equal(both[0], state) or not torch.equal(-both[1], state):
             raise ValueError(
-                "the model's trainable parameters must be identical on every rank of "
+                "the model's parameters and buffers must be identical on every rank of "
                 "process_group, got ranks that differ; load the same state_dict (or broadcast "
-                "rank 0's parameters) on every rank before building the operator"
+                "rank 0's) on every rank before building the operator"
             )
 
     def _check_vector(self, v, name: str) -> torch.Tensor:
