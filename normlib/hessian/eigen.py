@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import torch
 
 from normlib._checks import check_bool, check_device, check_positive_float, check_positive_int, check_seed
-from normlib.hessian.operator import _as_operator, _progress, _random_vectors
+from normlib.hessian.operator import (
+    HessianOperator,
+    _as_operator,
+    _DenseOperator,
+    _progress,
+    _random_vectors,
+)
 
 __all__ = ["ConvergenceWarning", "LanczosResult", "lanczos", "EigenResult", "top_eigenpairs"]
 
@@ -182,11 +188,15 @@ class _LanczosProcess:
         if self.basis is not None:
             w = self.basis.orthogonalize(w)
         else:
-            w = w - alpha * q
+            # In place: the recurrence holds q_prev, q and w, nothing else of size P. (An
+            # operator of another library may return a tensor it keeps: work on a copy then.)
+            if not isinstance(self.op, (HessianOperator, _DenseOperator)):
+                w = w.clone()
+            w.add_(q, alpha=-alpha)
             if self.q_prev is not None:
-                w = w - self.betas[-1] * self.q_prev
-            # Local reorthogonalization against the last two vectors (cheap, keeps T accurate).
-            w = w - (q @ w) * q
+                w.add_(self.q_prev, alpha=-self.betas[-1])
+            # Local reorthogonalization against q (cheap, keeps T accurate).
+            w.add_(q, alpha=-float(q @ w))
         beta = float(torch.linalg.vector_norm(w))
         self.alphas.append(alpha)
         self.scale = max(self.scale, abs(alpha), beta)
@@ -207,7 +217,7 @@ class _LanczosProcess:
             nxt = r / torch.linalg.vector_norm(r)
         else:
             self.betas.append(beta)
-            nxt = w / beta
+            nxt = w.div_(beta) if self.basis is None else w / beta
         self.q_prev, self.q = q, nxt
         if self.basis is not None:
             self.basis.append(nxt)

@@ -273,7 +273,10 @@ class HessianOperator:
         v = self._check_vector(v, "v")
         rows = v.unsqueeze(0) if v.dim() == 1 else v
         if self._graph is not None:
-            out = torch.stack([self._graph_product(self._graph, r) for r in rows])
+            if v.dim() == 1:  # no stacked copy: one vector of memory for one product
+                out = self._graph_product(self._graph, v).unsqueeze(0)
+            else:
+                out = torch.stack([self._graph_product(self._graph, r) for r in rows])
             if self.process_group is not None:
                 out = self._all_reduce(out * self.local_samples) / self.num_samples
         else:
