@@ -283,7 +283,7 @@ class HessianOperator:
             # Sum of n_b H_b v over this rank's batches, then over the ranks, over N.
             out = torch.zeros_like(rows)
             seen = 0
-            for batch in self._batches or ():
+            for batch in (() if self._batches is None else self._batches):
                 x, y, n = self._prepare(batch)
                 _, grad = self._batch_gradient(x, y, create_graph=True)
                 for i, r in enumerate(rows):
