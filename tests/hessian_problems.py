@@ -153,7 +153,7 @@ def hessian_quantities(op, *, full: bool = True) -> dict:
         out.update(
             top_values=top.eigenvalues, top_vectors=top.eigenvectors,
             top_values_only=top_eigenpairs(op, k=3, tol=1e-10, eigenvectors=False).eigenvalues,
-            power=top_eigenpairs(op, k=1, method="power", tol=1e-9, max_iters=3000).eigenvalues,
+            power=top_eigenpairs(op, k=1, method="power", tol=1e-6, max_iters=3000).eigenvalues,
             trace=hessian_trace(op, num_probes=10, seed=3).samples,
             trace_pp=hessian_trace(op, num_probes=12, method="hutch++", seed=4).value,
             matrix=hessian_matrix(op),
