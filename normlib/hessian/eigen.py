@@ -395,7 +395,9 @@ def _lanczos_eigenpairs(op, k, which, tol, max_iters, generator, progress, start
         if process.basis is None:
             # Without reorthogonalization a converged eigenvalue reappears as a close copy
             # (a "ghost"): merge Ritz values closer than the tolerance, keep the best bound.
-            kept = _merge_copies(values, all_bounds, float(tol * scale))
+            # Copies differ by rounding, about eps times the scale (float32: 1e-6 relative).
+            width = max(tol, 1000 * torch.finfo(op.dtype).eps) * float(scale)
+            kept = _merge_copies(values, all_bounds, width)
             if kept.numel() < need and process.steps < process.max_steps:
                 continue
             values, vectors, all_bounds = values[kept], vectors[:, kept], all_bounds[kept]
@@ -472,8 +474,9 @@ def top_eigenpairs(
     ``basis_device`` (``"cpu"``: accelerator memory stays at the operator's plus a few vectors).
     With ``eigenvectors=False`` it keeps no basis at all: the three-term recurrence in
     :math:`O(P)` memory, as little as power iteration; close copies of converged Ritz values
-    (rounding "ghosts" of the unreorthogonalized recurrence) are merged within ``tol``, so two
-    genuine eigenvalues closer than ``tol`` times the spectral scale count as one.
+    (rounding "ghosts" of the unreorthogonalized recurrence) are merged, so two genuine
+    eigenvalues closer than :math:`\\max(\\text{tol}, 1000\\,\\epsilon)` times the spectral
+    scale count as one (:math:`\\epsilon` the dtype's machine epsilon: 1.2e-4 for float32).
 
     Power iteration (``method="power"``, as in PyHessian, for comparison): :math:`v \\leftarrow
     Hv/\\lVert Hv\\rVert`, orthogonal to the pairs already found (deflation), until
