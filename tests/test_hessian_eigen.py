@@ -175,3 +175,13 @@ def test_density_without_reorthogonalization_keeps_the_low_moments():
 def test_keep_basis_needs_reorthogonalization():
     with pytest.raises(ValueError, match="keep_basis must be False"):
         lanczos(torch.eye(3, dtype=DT), 2, reorthogonalize=False)
+
+
+def test_eigenvalues_only_in_float32_with_a_tolerance_below_rounding_merges_the_copies():
+    # float32 copies of a converged eigenvalue differ by rounding (~1e-6 relative), more than a
+    # tol of 1e-9: they must still count as one eigenvalue.
+    lam = torch.cat([torch.linspace(0.0, 1.0, 300, dtype=DT), torch.tensor([10.0, 9.0], dtype=DT)])
+    a = spd_matrix(lam, seed=10).float()
+    with pytest.warns(ConvergenceWarning):  # 1e-9 is out of float32's reach
+        res = top_eigenpairs(a, k=3, tol=1e-9, max_iters=150, eigenvectors=False)
+    assert torch.allclose(res.eigenvalues, torch.tensor([10.0, 9.0, 1.0], dtype=DT), rtol=1e-4)

@@ -365,9 +365,13 @@ def _select(values: torch.Tensor, k: int, which: str) -> torch.Tensor:
     return torch.tensor([m - 1, 0])  # both_ends: (largest, smallest)
 
 
-def _merge_copies(values: torch.Tensor, bounds: torch.Tensor, width: float):
-    """Ascending Ritz values with close copies merged: runs closer than ``width`` keep the one
-    with the smallest residual bound. Returns the indices kept (ascending)."""
+def _merge_copies(values: torch.Tensor, bounds: torch.Tensor, width: float, converged: float):
+    """Indices (ascending) of the Ritz values of an unreorthogonalized run that are not copies.
+
+    Runs of values closer than ``width`` keep the one with the smallest residual bound (the
+    converged copies of one eigenvalue). A value not converged (bound above ``converged``) whose
+    interval :math:`[\\theta - b, \\theta + b]` holds a converged value is dropped too: it is a
+    copy still forming (or an eigenvalue not yet resolved from its neighbour)."""
     keep: list[int] = []
     for i in range(values.numel()):
         if keep and float(values[i] - values[keep[-1]]) <= width:
@@ -375,6 +379,12 @@ def _merge_copies(values: torch.Tensor, bounds: torch.Tensor, width: float):
                 keep[-1] = i
         else:
             keep.append(i)
+    done = [float(values[i]) for i in keep if float(bounds[i]) <= converged]
+    keep = [
+        i for i in keep
+        if float(bounds[i]) <= converged
+        or not any(abs(float(values[i]) - d) <= float(bounds[i]) for d in done)
+    ]
     return torch.tensor(keep, dtype=torch.long)
 
 
@@ -397,7 +407,7 @@ def _lanczos_eigenpairs(op, k, which, tol, max_iters, generator, progress, start
             # (a "ghost"): merge Ritz values closer than the tolerance, keep the best bound.
             # Copies differ by rounding, about eps times the scale (float32: 1e-6 relative).
             width = max(tol, 1000 * torch.finfo(op.dtype).eps) * float(scale)
-            kept = _merge_copies(values, all_bounds, width)
+            kept = _merge_copies(values, all_bounds, width, width)
             if kept.numel() < need and process.steps < process.max_steps:
                 continue
             values, vectors, all_bounds = values[kept], vectors[:, kept], all_bounds[kept]
