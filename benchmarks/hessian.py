@@ -27,6 +27,19 @@ All three libraries compute the same matrix: the Hessian of the mean cross-entro
   (curvlinops estimates the spectral boundaries with ``eigsh`` first, as it does by default).
 - one Hessian-vector product over one forward+backward pass of the model.
 
+Products. normlib (like PyHessian) builds the graph of the gradient once per batch and computes
+each product as one more backward pass through it (double backward, ``retain_graph``). On this
+CPU that is 2.2-2.45 forward+backward passes for BatchNorm ResNets; the profile shows why it
+does not reach 2: a convolution's double backward costs three convolutions plus the
+convolution backward of the forward graph (two), against three for a forward+backward pass,
+which puts convolutions alone at 2.0 passes, and BatchNorm's double backward
+(``NativeBatchNormBackwardBackward``, full-size elementwise products) adds about 0.2-0.4.
+Forward-over-reverse (``torch.func.jvp`` over ``grad``, curvlinops' product) recomputes the
+forward and backward pass for every product: 4-5 passes eager, 3.2 compiled with
+``torch.compile`` on this CPU (``--compile``; compilation took 15 minutes on the quick model),
+so compiling does not help here; curvlinops reports 2.5-4.7x faster compiled products on GPUs,
+which would bring forward-over-reverse to about 1-2 passes there.
+
 Every measurement runs in a fresh subprocess (``--worker``), so that peak memory is its own:
 on the CPU the peak resident set size (``resource.getrusage``; ``tracemalloc`` does not see
 torch's allocations) minus the same process's peak after building the model and data and one
