@@ -125,3 +125,99 @@ class Exploding(nn.Module):
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# --------------------------------------------------------------------------------------------
+# Data-parallel runs (tests/test_hessian_distributed.py): the functions every rank calls. They
+# live here, at module level, so that the spawned processes import them by name.
+# --------------------------------------------------------------------------------------------
+
+SHARD_CUTS = (0, 17, 40)  # two ranks with unequal shards of batch(40)
+
+
+def shard(rank: int, world_size: int, n: int = 40):
+    """Rank ``rank``'s part of ``batch(n)``: unequal contiguous pieces at ``SHARD_CUTS``."""
+    x, y = batch(n)
+    cuts = SHARD_CUTS if world_size == 2 else [round(i * n / world_size) for i in range(world_size + 1)]
+    return x[cuts[rank] : cuts[rank + 1]], y[cuts[rank] : cuts[rank + 1]]
+
+
+def hessian_quantities(op, *, full: bool = True) -> dict:
+    """Everything the distributed tests compare, computed by normlib's solvers on ``op``."""
+    from normlib.hessian import hessian_matrix, hessian_trace, spectral_density, top_eigenpairs
+
+    v = torch.randn(op.num_params, dtype=DT, generator=torch.Generator().manual_seed(11))
+    out = {"loss": op.loss, "gradient": op.gradient(), "hv": op.matvec(v), "n": op.num_samples}
+    if full:
+        top = top_eigenpairs(op, k=3, tol=1e-10)
+        out.update(
+            top_values=top.eigenvalues, top_vectors=top.eigenvectors,
+            top_values_only=top_eigenpairs(op, k=3, tol=1e-10, eigenvectors=False).eigenvalues,
+            power=top_eigenpairs(op, k=1, method="power", tol=1e-6, max_iters=3000).eigenvalues,
+            trace=hessian_trace(op, num_probes=10, seed=3).samples,
+            trace_pp=hessian_trace(op, num_probes=12, method="hutch++", seed=4).value,
+            matrix=hessian_matrix(op),
+        )
+        density = spectral_density(op, num_iters=20, num_runs=2, seed=5)
+        out.update(density_nodes=density.nodes, density_weights=density.weights)
+    return out
+
+
+def distributed_hessian_worker() -> dict:
+    """Run on every rank: normlib's Hessian tools over the data-parallel operator."""
+    import torch.distributed as dist
+
+    from normlib.hessian import HessianOperator
+
+    torch.set_num_threads(1)
+    rank, size = dist.get_rank(), dist.get_world_size()
+    group = dist.group.WORLD
+    loss = nn.CrossEntropyLoss()
+    x, y = shard(rank, size)
+    out = {}
+    # One batch per rank (the cached-graph path), no batch statistics: exact equality.
+    out["plain"] = hessian_quantities(HessianOperator(plain_net(), loss, (x, y), mode="train",
+                                                      process_group=group))
+    # A DataLoader per rank, batches of 5 (the streamed path).
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=5)
+    out["loader"] = hessian_quantities(
+        HessianOperator(plain_net(), loss, loader, mode="eval", process_group=group), full=False)
+    # BatchNorm: eval mode uses running statistics (exact); train mode normalizes each rank's
+    # batch with its own statistics.
+    from normlib.hessian import hessian_matrix
+
+    out["bn_eval"] = hessian_matrix(HessianOperator(bn_net(), loss, (x, y), mode="eval",
+                                                    process_group=group))
+    out["bn_train"] = hessian_matrix(HessianOperator(bn_net(), loss, (x, y), mode="train",
+                                                     process_group=group))
+    # A rank without data.
+    xa, ya = batch(40)
+    data = (xa, ya) if rank == 0 else []
+    out["empty"] = hessian_quantities(
+        HessianOperator(plain_net(), loss, data, mode="eval", process_group=group), full=False)
+    # Different parameters on the ranks: refused on every rank.
+    try:
+        HessianOperator(plain_net(seed=rank), loss, (x, y), mode="eval", process_group=group)
+        out["mismatch"] = None
+    except ValueError as err:
+        out["mismatch"] = str(err)
+    # Same parameters, running statistics that differ (BN trained on each rank's shard).
+    net = bn_net()
+    with torch.no_grad():
+        net[1].running_mean.add_(rank)
+    try:
+        HessianOperator(net, loss, (x, y), mode="eval", process_group=group)
+        out["buffer_mismatch"] = None
+    except ValueError as err:
+        out["buffer_mismatch"] = str(err)
+    # Plain arrays: tensors put on a torch.multiprocessing queue travel as shared-memory handles
+    # that die with the process that made them.
+    return _as_numpy(out)
+
+
+def _as_numpy(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: _as_numpy(v) for k, v in obj.items()}
+    return obj

@@ -100,3 +100,88 @@ def test_float32_top_eigenvalue_agrees_with_float64_exact():
     exact = torch.linalg.eigvalsh(exact_bn(bn_net(), x, y, training=True))[-1]
     # float32 products carry relative errors ~1e-6 of the largest entries.
     assert math.isclose(float(res.eigenvalues[0]), float(exact), rel_tol=1e-4)
+
+
+# -- memory: a basis grown as the steps are taken, kept elsewhere or not at all ---------------
+
+
+def test_lanczos_basis_grows_with_the_steps_taken_not_with_max_iters():
+    from normlib.hessian.eigen import _LanczosProcess
+
+    a = spd_matrix(torch.linspace(0.0, 1.0, 400, dtype=DT), seed=9)
+    start = torch.ones(400, dtype=DT)
+    process = _LanczosProcess(a_op := _dense(a), start, 400, torch.Generator().manual_seed(0), "cpu")
+    for _ in range(5):
+        process.step()
+    # Five steps keep six vectors, in one chunk of 64 rows: not the 400 x 400 of max_iters.
+    assert process.basis.size == 6
+    assert process.basis.nbytes() == 64 * 400 * 8
+    # A large model: chunks of 4 rows, so at most 3 vectors are allocated ahead of the steps.
+    from normlib.hessian.eigen import _Basis
+
+    big = _Basis(10**7, DT, "meta")
+    for _ in range(5):
+        big.append(torch.empty(10**7, dtype=DT, device="meta"))
+    assert big.nbytes() == 8 * 10**7 * 8
+    assert a_op.num_matvecs == 5
+
+
+def _dense(a):
+    from normlib.hessian.operator import _as_operator
+
+    return _as_operator(a)
+
+
+def test_basis_on_the_cpu_gives_the_same_eigenpairs(bn_case):
+    _, _, _, op, _ = bn_case
+    here = top_eigenpairs(op, k=3, tol=1e-8)
+    cpu = top_eigenpairs(op, k=3, tol=1e-8, basis_device="cpu")
+    assert torch.equal(here.eigenvalues, cpu.eigenvalues)
+    assert torch.equal(here.eigenvectors, cpu.eigenvectors)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_eigenvalues_only_lanczos_matches_exact_hessian_without_a_basis(bn_case, which):
+    _, _, _, op, exact = bn_case
+    ev = torch.linalg.eigvalsh(exact)
+    expected = ev.flip(0)[:5] if which == "largest" else ev[:5]
+    res = top_eigenpairs(op, k=5, which=which, tol=1e-8, eigenvectors=False)
+    assert res.eigenvectors is None
+    assert res.converged.all()
+    assert torch.allclose(res.eigenvalues, expected, rtol=1e-6, atol=0)
+
+
+def test_eigenvalues_only_lanczos_merges_the_ghosts_of_converged_eigenvalues():
+    # Two outliers above a bulk: without reorthogonalization, a long run repeats the outliers
+    # as close copies; the k=3 answer must still be the three distinct largest eigenvalues.
+    lam = torch.cat([torch.linspace(0.0, 1.0, 300, dtype=DT), torch.tensor([10.0, 9.0], dtype=DT)])
+    a = spd_matrix(lam, seed=10)
+    raw = lanczos(a, 150, reorthogonalize=False, keep_basis=False).ritz()[0]
+    assert int((raw > 9.5).sum()) >= 2  # the ghosts are there in the plain recurrence
+    res = top_eigenpairs(a, k=3, tol=1e-9, max_iters=150, eigenvectors=False)
+    assert torch.allclose(res.eigenvalues, torch.tensor([10.0, 9.0, 1.0], dtype=DT), rtol=1e-7)
+
+
+def test_density_without_reorthogonalization_keeps_the_low_moments():
+    from normlib.hessian import spectral_density
+
+    a = spd_matrix(torch.linspace(-1.0, 4.0, 300, dtype=DT) ** 3, seed=11)
+    full = spectral_density(a, num_iters=40, num_runs=2, seed=1)
+    plain = spectral_density(a, num_iters=40, num_runs=2, seed=1, reorthogonalize=False)
+    for power in (1, 2, 3, 5):
+        assert math.isclose(plain.moment(power), full.moment(power), rel_tol=1e-8)
+
+
+def test_keep_basis_needs_reorthogonalization():
+    with pytest.raises(ValueError, match="keep_basis must be False"):
+        lanczos(torch.eye(3, dtype=DT), 2, reorthogonalize=False)
+
+
+def test_eigenvalues_only_in_float32_with_a_tolerance_below_rounding_merges_the_copies():
+    # float32 copies of a converged eigenvalue differ by rounding (~1e-6 relative), more than a
+    # tol of 1e-9: they must still count as one eigenvalue.
+    lam = torch.cat([torch.linspace(0.0, 1.0, 300, dtype=DT), torch.tensor([10.0, 9.0], dtype=DT)])
+    a = spd_matrix(lam, seed=10).float()
+    with pytest.warns(ConvergenceWarning):  # 1e-9 is out of float32's reach
+        res = top_eigenpairs(a, k=3, tol=1e-9, max_iters=150, eigenvectors=False)
+    assert torch.allclose(res.eigenvalues, torch.tensor([10.0, 9.0, 1.0], dtype=DT), rtol=1e-4)

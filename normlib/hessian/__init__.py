@@ -17,7 +17,8 @@ parameter vector and a second derivative of the gradient. On top of it:
 
 - :func:`hessian_matrix`: the exact :math:`P \\times P` Hessian, for small models.
 - :func:`top_eigenpairs`: extreme eigenvalues and eigenvectors by Lanczos with full
-  reorthogonalization (default) or by power iteration with deflation.
+  reorthogonalization (default; eigenvalues only in :math:`O(P)` memory on request) or by power
+  iteration with deflation.
 - :func:`hessian_trace`: Hutchinson's estimator :math:`\\operatorname{tr} H \\approx \\frac1s
   \\sum_i z_i^\\top H z_i` with its standard error, or Hutch++ (a low-rank part computed exactly).
 - :func:`spectral_density`: stochastic Lanczos quadrature (SLQ) of the eigenvalue density,
@@ -30,6 +31,12 @@ parameter vector and a second derivative of the gradient. On top of it:
 - :func:`condition_number` and :func:`learning_rate_thresholds`: :math:`\\kappa =
   \\lambda_{\\max} / \\lambda_{\\min}`, the step :math:`1/\\lambda_{\\max}` that is optimal along the
   sharpest direction and the step :math:`2/\\lambda_{\\max}` above which gradient descent diverges.
+
+Data-parallel: with ``process_group=...`` every rank holds a shard of the data, the products
+are all-reduced count-weighted sums, and every tool below computes on each rank the result of
+one process on all the data. Memory: Lanczos grows its basis one vector per product (or keeps
+it on ``basis_device="cpu"``, or keeps none with ``eigenvectors=False`` / ``reorthogonalize=False``:
+:math:`O(P)`, as power iteration).
 
 The BatchNorm mode is explicit: ``mode="train"`` is the Hessian of the training loss, with batch
 statistics (running statistics are neither used nor updated); ``mode="eval"`` is the Hessian of

@@ -182,6 +182,8 @@ def spectral_density(
     num_runs: int = 1,
     *,
     seed: int = 0,
+    reorthogonalize: bool = True,
+    basis_device: str | torch.device | None = None,
     progress: bool | None = None,
 ) -> SpectralDensity:
     """The eigenvalue density of :math:`H` by stochastic Lanczos quadrature (SLQ).
@@ -192,12 +194,18 @@ def spectral_density(
     \\sum_j w_j g(\\theta_j)`, exact for polynomials of degree :math:`\\le 2m - 1`
     :cite:p:`golub2009matrices,ghorbani2019investigation`. Averaging over runs estimates
     :math:`\\frac1P \\operatorname{tr} g(H)`. Cost: ``num_iters * num_runs`` products.
+    Memory: the Lanczos basis, ``num_iters`` vectors (on ``basis_device``), or three vectors
+    with ``reorthogonalize=False`` (the plain recurrence; its Gauss quadrature stays accurate,
+    ghost copies of converged Ritz values only split their weight).
 
     Args:
         operator: a :class:`HessianOperator` or a symmetric ``(n, n)`` tensor.
         num_iters: Lanczos steps per run (capped at :math:`n`).
         num_runs: independent runs :math:`R`.
         seed: seed of the start vectors.
+        reorthogonalize: full reorthogonalization (memory ``num_iters`` vectors) or the
+            three-term recurrence (three vectors).
+        basis_device: where the basis is kept (default the operator's device), e.g. ``"cpu"``.
         progress: show a progress bar over runs (None: only on a terminal).
 
     Returns:
@@ -216,7 +224,8 @@ def spectral_density(
     check_positive_int("num_runs", num_runs)
     nodes, weights = [], []
     for r in _progress(range(num_runs), num_runs, progress, "SLQ runs"):
-        res = lanczos(op, num_iters, seed=seed + r, keep_basis=False, progress=False)
+        res = lanczos(op, num_iters, seed=seed + r, keep_basis=False,
+                      reorthogonalize=reorthogonalize, basis_device=basis_device, progress=False)
         node, weight = res.quadrature()
         nodes.append(node)
         weights.append(weight)

@@ -89,6 +89,25 @@ class HessianOperator:
     on a flat vector :math:`\\theta` and reverse-over-reverse differentiation; the model's own
     parameters are never written.
 
+    Data-parallel (``process_group`` given): every rank of the group holds its own shard of the
+    data (its batches) and an identical model; the loss, the gradient and every product are the
+    count-weighted sums over all ranks' batches, divided by the global number of samples
+    :math:`N = \\sum_{\\text{ranks}} \\sum_b n_b` (one ``all_reduce`` of :math:`P` numbers, or
+    :math:`BP` for a block, per product). So :math:`H` is the Hessian of the mean loss over the
+    concatenation of the shards, and every solver of :mod:`normlib.hessian` run on every rank
+    (with the same ``seed``: the random vectors are drawn from a seeded CPU generator, identical
+    on every rank) computes the single-process result on that data. A rank may hold no data.
+    Call the solvers on every rank: each product is a collective. With BatchNorm in
+    ``mode="train"`` each batch is normalized with its own statistics, on one process as on
+    many: the distributed operator equals the single-process operator on the list of all ranks'
+    batches (not on one concatenated batch, whose statistics no rank sees); use ``mode="eval"``
+    (running statistics) or a model without batch statistics for the Hessian of one global batch.
+    A ``DataLoader`` with ``torch.utils.data.DistributedSampler`` gives each rank a shard, but
+    the sampler pads the data set with repeated samples to a multiple of the world size (unless
+    ``drop_last=True``, which drops them): those samples then count twice. Shard so that every
+    sample is on exactly one rank (e.g. ``Subset(dataset, range(rank, len(dataset), world))``)
+    for the Hessian of the data set itself.
+
     One batch: the graph of :math:`\\nabla_\\theta L` is built once and each product costs one
     second backward pass (about the cost of a forward plus backward pass). An iterable of batches:
     each product streams over the batches (memory of one batch; about twice the cost of a forward
@@ -104,6 +123,9 @@ class HessianOperator:
             (running statistics neither used nor updated; dropout, if any, active) or ``"eval"``
             for the inference function with running statistics. Required: the two Hessians
             differ for any network with BatchNorm.
+        process_group: None (this process's data only) or a ``torch.distributed`` process group
+            (``torch.distributed.group.WORLD`` for all ranks) over which the data are sharded;
+            the default process group must be initialized.
 
     Attributes:
         num_params: :math:`P`, the number of trainable scalars.
@@ -111,13 +133,15 @@ class HessianOperator:
         dtype: the parameters' dtype (all must agree).
         device: the parameters' device (all must agree).
         loss: the loss :math:`L(\\theta)` on the data (float).
-        num_samples: :math:`N`, the total number of samples.
+        num_samples: :math:`N`, the total number of samples (over all ranks).
+        local_samples: the samples of this rank (``num_samples`` on one process).
         num_matvecs: Hessian-vector products computed so far (a cost counter).
         names: the trainable parameters' names, in the order of the flat vector.
 
     Raises:
-        ValueError: unknown ``mode``, empty data, a batch with no samples, a non-scalar loss, a
-            model with no trainable parameters or with parameters of several dtypes or devices.
+        ValueError: unknown ``mode``, empty data (on every rank), a batch with no samples, a
+            non-scalar loss, a model with no trainable parameters or with parameters of several
+            dtypes or devices, parameters or buffers that differ between ranks.
         TypeError: ``loss_fn`` not callable, ``data`` neither a batch nor a re-iterable of batches,
             a one-shot iterator.
 
@@ -135,7 +159,8 @@ class HessianOperator:
         tensor([2.6667, 0.0000, 0.0000], dtype=torch.float64)
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, data, *, mode: str):
+    def __init__(self, model: nn.Module, loss_fn: Callable, data, *, mode: str,
+                 process_group=None):
         check_module("model", model)
         check_callable("loss_fn", loss_fn, what="callable as loss_fn(output, target)")
         check_mode(mode)
@@ -160,6 +185,9 @@ class HessianOperator:
         self.shape = (self.num_params, self.num_params)
         self.num_matvecs = 0
         self._theta = torch.cat([p.detach().reshape(-1) for _, p in named]).requires_grad_(True)
+        self.process_group = _check_process_group(process_group)
+        if self.process_group is not None:
+            self._check_same_parameters()
 
         if _is_batch(data):
             self._batches = None
@@ -195,7 +223,14 @@ class HessianOperator:
             grad_sum += grad.detach() * n
             count += n
             sizes.append(n)
-        if not sizes:
+        self.local_samples = count
+        if self.process_group is not None:
+            totals = torch.tensor([loss_sum, float(count)], dtype=torch.float64,
+                                  device=self._collective_device())
+            self._all_reduce(totals)
+            loss_sum, count = float(totals[0]), int(round(float(totals[1])))
+            grad_sum = self._all_reduce(grad_sum)
+        if count == 0:
             raise ValueError("data contains no batches; pass at least one batch (x, y)")
         self.num_samples = count
         self.loss = loss_sum / count
@@ -238,21 +273,30 @@ class HessianOperator:
         v = self._check_vector(v, "v")
         rows = v.unsqueeze(0) if v.dim() == 1 else v
         if self._graph is not None:
-            out = torch.stack([self._graph_product(self._graph, r) for r in rows])
+            if v.dim() == 1:  # no stacked copy: one vector of memory for one product
+                out = self._graph_product(self._graph, v).unsqueeze(0)
+            else:
+                out = torch.stack([self._graph_product(self._graph, r) for r in rows])
+            if self.process_group is not None:
+                out = self._all_reduce(out * self.local_samples) / self.num_samples
         else:
+            # Sum of n_b H_b v over this rank's batches, then over the ranks, over N.
             out = torch.zeros_like(rows)
             seen = 0
-            for batch in self._batches:
+            for batch in (() if self._batches is None else self._batches):
                 x, y, n = self._prepare(batch)
                 _, grad = self._batch_gradient(x, y, create_graph=True)
                 for i, r in enumerate(rows):
-                    out[i] += self._graph_product(grad, r) * (n / self.num_samples)
+                    out[i] += self._graph_product(grad, r) * n
                 seen += n
-            if seen != self.num_samples:
+            if seen != self.local_samples:
                 raise RuntimeError(
-                    f"data yielded {seen} samples in this pass but {self.num_samples} when the "
+                    f"data yielded {seen} samples in this pass but {self.local_samples} when the "
                     f"operator was built; pass data that yields the same batches every time"
                 )
+            if self.process_group is not None:
+                out = self._all_reduce(out)
+            out = out / self.num_samples
         self.num_matvecs += rows.shape[0]
         return out[0] if v.dim() == 1 else out
 
@@ -262,12 +306,46 @@ class HessianOperator:
         how = "one batch, cached graph" if self._graph is not None else (
             f"{len(self._batch_sizes)} batches, streamed"
         )
+        ranks = ""
+        if self.process_group is not None:
+            ranks = f", {_dist().get_world_size(self.process_group)} ranks"
         return (
             f"HessianOperator(num_params={self.num_params}, mode={self.mode!r}, "
-            f"num_samples={self.num_samples}, {how}, dtype={self.dtype}, device={self.device})"
+            f"num_samples={self.num_samples}{ranks}, {how}, dtype={self.dtype}, device={self.device})"
         )
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _collective_device(self) -> torch.device:
+        # gloo reduces CPU tensors; NCCL needs them on the current CUDA device.
+        backend = str(_dist().get_backend(self.process_group))
+        return self.device if backend == "nccl" else torch.device("cpu")
+
+    def _all_reduce(self, tensor: torch.Tensor, op=None) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks (in place when it already lives on the collective's device)."""
+        dist = _dist()
+        where = self._collective_device()
+        moved = tensor.to(where)
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM if op is None else op, group=self.process_group)
+        if moved is not tensor:
+            tensor.copy_(moved)
+        return tensor
+
+    def _check_same_parameters(self) -> None:
+        # Parameters and floating buffers (running statistics), as float64: max == -max(-x).
+        parts = [self._theta.detach().to(torch.float64)] + [
+            b.detach().reshape(-1).to(device=self.device, dtype=torch.float64)
+            for _, b in self.model.named_buffers() if b.is_floating_point()
+        ]
+        state = torch.cat(parts)
+        both = torch.stack([state, -state])
+        self._all_reduce(both, op=_dist().ReduceOp.MAX)
+        if not torch.equal(both[0], state) or not torch.equal(-both[1], state):
+            raise ValueError(
+                "the model's parameters and buffers must be identical on every rank of "
+                "process_group, got ranks that differ; load the same state_dict (or broadcast "
+                "rank 0's) on every rank before building the operator"
+            )
 
     def _check_vector(self, v, name: str) -> torch.Tensor:
         check_tensor(name, v)
@@ -329,6 +407,30 @@ class HessianOperator:
                 grad, self._theta, grad_outputs=v, retain_graph=True, allow_unused=True
             )
         return torch.zeros_like(v) if hv is None else hv.detach()
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def _check_process_group(group):
+    if group is None:
+        return None
+    dist = _dist()
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError(
+            f"process_group must be None when torch.distributed is not initialized, got "
+            f"{group!r}; call torch.distributed.init_process_group first (torchrun, or "
+            f"normlib.distributed.run_local), or pass process_group=None"
+        )
+    if group is not dist.group.WORLD and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            f"process_group must be a torch.distributed ProcessGroup (e.g. "
+            f"torch.distributed.group.WORLD) or None, got {type(group).__name__}"
+        )
+    return group
 
 
 class _DenseOperator:
