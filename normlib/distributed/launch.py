@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 import queue as _queue
 import socket
@@ -60,7 +61,11 @@ def _worker(rank, world_size, port, backend, threads, fn, args, kwargs, results,
                                 timeout=timedelta(seconds=timeout))
         try:
             out = fn(*args, **kwargs)
-            results.put((rank, True, out))
+            # As bytes: a tensor put on the queue as is travels as a shared-memory handle,
+            # which dies with this process before the parent reads it.
+            buffer = io.BytesIO()
+            torch.save(out, buffer)
+            results.put((rank, True, buffer.getvalue()))
         finally:
             dist.destroy_process_group()
     except BaseException:  # noqa: BLE001  (reported to the parent, which raises)
@@ -142,7 +147,7 @@ def run_local(fn: Callable, world_size: int = 2, *args: Any, backend: str = "glo
                 continue
             if not ok:
                 raise DistributedRunError(_failures(rank, value, results))
-            out[rank] = value
+            out[rank] = torch.load(io.BytesIO(value), weights_only=False)  # our own children's bytes
         for p in procs:
             p.join(timeout=max(1.0, deadline - time.monotonic()))
     finally:
