@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -206,15 +205,17 @@ class _full_precision:
 
     def __init__(self, a: Tensor):
         self.a = a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
-        self.ctx = torch.autocast(a.device.type, enabled=False) if a.device.type in ("cpu", "cuda") \
-            else contextlib.nullcontext()
+        # Only where autocast is on: entering a context is a graph break under torch.compile.
+        on = a.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(a.device.type)
+        self.ctx = torch.autocast(a.device.type, enabled=False) if on else None
 
     def __enter__(self) -> Tensor:
-        self.ctx.__enter__()
+        if self.ctx is not None:
+            self.ctx.__enter__()
         return self.a
 
     def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc)
+        return None if self.ctx is None else self.ctx.__exit__(*exc)
 
 
 class _InverseSqrtSymmetric(torch.autograd.Function):
@@ -410,7 +411,9 @@ def whitening_matrix(cov: Tensor, method: str = "zca", eps: float = 1e-5,
     check_positive_int("iterations", iterations)
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"cov must have shape (..., d, d), got {tuple(cov.shape)}")
-    if not bool(torch.isfinite(cov).all()):
+    # The check reads a value back from the tensor: skipped while torch.compile traces (a graph
+    # break); eager runs always check.
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(cov).all()):
         raise ValueError(
             f"cannot whiten: the {tuple(cov.shape[-2:])} covariance has non-finite entries, so the "
             f"input holds non-finite values (NaN or inf) or is so large that its second moments "
