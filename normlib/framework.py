@@ -525,10 +525,17 @@ class _StandardizeAffine(torch.autograd.Function):
     differentiable; ``mu = 0`` without centering, ``sigma^2`` the mean square without
     centering). A second derivative (``create_graph=True``) recomputes the composition
     with autograd, so Hessian-vector products stay exact.
+
+    Memory traffic: one full-size tensor is allocated forward (``x - mu``, turned into the
+    output in place) and one backward (the input gradient); on a CPU a fresh allocation
+    of the input's size costs about as much as a pass over it.
     """
 
     @staticmethod
     def forward(ctx, xv, weight, bias, dims, eps, center, scale):
+        count = 1
+        for d in dims:
+            count *= xv.shape[d]
         if center:
             mean = xv.mean(dim=dims, keepdim=True)
             xc = xv - mean
@@ -536,29 +543,27 @@ class _StandardizeAffine(torch.autograd.Function):
             mean = xv.new_zeros(())
             xc = xv
         if scale:
-            count = 1
-            for d in dims:
-                count *= xv.shape[d]
             # the sum of squares without a temporary as large as the input
             var = torch.linalg.vector_norm(xc, 2, dim=dims, keepdim=True).square_() / count
             rstd = torch.rsqrt(var + eps)
         else:
             var, rstd = xv.new_zeros(()), None
         factor = rstd if weight is None else (weight if rstd is None else rstd * weight)
-        if factor is None:
-            out = xc.clone() if bias is None else xc + bias
+        if center:  # xc is ours: the output is written into it
+            out = xc if factor is None else xc.mul_(factor)
+            out = out if bias is None else out.add_(bias)
         elif bias is None:
-            out = xc * factor
+            out = xv * factor
         else:
-            out = torch.addcmul(bias, xc, factor)
-        ctx.save_for_backward(xv, xc, rstd, weight, bias)
+            out = torch.addcmul(bias, xv, factor)
+        ctx.save_for_backward(xv, mean if center else None, rstd, weight, bias)
         ctx.dims, ctx.eps, ctx.center, ctx.scale = dims, eps, center, scale
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     def backward(ctx, grad, _grad_mean, _grad_var):
-        xv, xc, rstd, weight, bias = ctx.saved_tensors
+        xv, mean, rstd, weight, bias = ctx.saved_tensors
         dims, eps, center, scale = ctx.dims, ctx.eps, ctx.center, ctx.scale
         if torch.is_grad_enabled():
             # create_graph=True: differentiate the composition itself, so that the gradient
@@ -575,13 +580,19 @@ class _StandardizeAffine(torch.autograd.Function):
         for d in dims:
             count *= xv.shape[d]
         grad_x = grad_weight = grad_bias = None
-        # Axes pooled by the statistics and broadcast by gamma: summed first, on the full tensor.
+        # Axes pooled by the statistics and broadcast by gamma are summed first, on the full
+        # tensors; everything after works on tensors of the statistics' or gamma's size.
         shared = tuple(d for d in dims if d in (0, 3) and xv.shape[d] != 1)
         g_sum = grad.sum(dim=shared, keepdim=True) if shared else grad
-        gx_sum = None
+        gx_sum = None  # the sum over the shared axes of g (x - mu)
         if scale or (weight is not None and ctx.needs_input_grad[1]):
-            gx_sum = grad * xc
-            gx_sum = gx_sum.sum(dim=shared, keepdim=True) if shared else gx_sum
+            if shared == (3,):  # batched dot products: no full-size temporary
+                gx_sum = torch.einsum("abcs,abcs->abc", grad, xv).unsqueeze(-1)
+            else:
+                gx_sum = grad * xv
+                gx_sum = gx_sum.sum(dim=shared, keepdim=True) if shared else gx_sum
+            if center:  # mu is constant along the shared axes
+                gx_sum = gx_sum - mean * g_sum
         if bias is not None and ctx.needs_input_grad[2]:
             grad_bias = _sum_to(g_sum, bias.shape)
         if weight is not None and ctx.needs_input_grad[1]:
@@ -593,12 +604,13 @@ class _StandardizeAffine(torch.autograd.Function):
             if scale:
                 w_gx_sum = gx_sum if weight is None else gx_sum * weight
                 # dL/dx = g s - r mean(g gamma) - (x - mu) r^3 mean(g gamma (x - mu))
+                #       = g s + x k2 + k3
                 k2 = -(rstd * rstd * rstd) * w_gx_sum.sum(dim=dims, keepdim=True) / count
                 if center:
-                    k3 = -rstd * w_g_sum.sum(dim=dims, keepdim=True) / count
-                    grad_x = torch.addcmul(k3, xc, k2)
+                    k3 = -mean * k2 - rstd * w_g_sum.sum(dim=dims, keepdim=True) / count
+                    grad_x = torch.addcmul(k3, xv, k2)
                 else:
-                    grad_x = xc * k2
+                    grad_x = xv * k2
                 grad_x = grad_x.addcmul_(grad, factor)
             else:
                 k3 = -w_g_sum.sum(dim=dims, keepdim=True) / count

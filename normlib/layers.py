@@ -434,7 +434,8 @@ class PopulationNorm(NormLayer):
             # The cumulative average of _momentum, with the factor 1 / n kept a tensor: no
             # read-back of the counter, so torch.compile traces it without a graph break.
             self.num_batches_tracked.add_(1)
-            momentum = 1.0 / self.num_batches_tracked
+            dtype = NF.compute_dtype(self.running_mean.dtype)
+            momentum = 1.0 / self.num_batches_tracked.to(dtype)
         else:
             momentum = self._momentum()
         return NF.population_norm(x, self.running_mean, running_var, self.weight, self.bias,
