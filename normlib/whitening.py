@@ -166,9 +166,10 @@ def _inverse_sqrt_frechet(evecs: Tensor, s: Tensor, g: Tensor) -> Tensor:
     # First divided differences of t^{-1/2}: (f(a) - f(b)) / (a - b) = -1 / (sa sb (sa + sb)),
     # equal to f'(a) on the diagonal and for repeated eigenvalues alike.
     si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
-    loewner = -1.0 / (si * sj * (si + sj))
-    inner = evecs.transpose(-1, -2) @ _sym(g) @ evecs
-    return evecs @ (loewner * inner) @ evecs.transpose(-1, -2)
+    # U^T sym(G) U = sym(U^T G U): symmetrized after the products, on the small result
+    inner = evecs.transpose(-1, -2) @ g @ evecs
+    inner = (inner + inner.transpose(-1, -2)) * (-0.5 / (si * sj * (si + sj)))
+    return evecs @ inner @ evecs.transpose(-1, -2)
 
 
 def _inverse_sqrt_second_frechet(evecs: Tensor, s: Tensor, e: Tensor, g: Tensor) -> Tensor:
@@ -233,8 +234,10 @@ class _InverseSqrtSymmetric(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         a, evecs, s = ctx.saved_tensors
         grad = grad.to(evecs.dtype)  # under autocast the incoming gradient may be lower precision
-        # Through a Function of its own, so that a second backward pass (Hessian-vector
-        # products) differentiates the Frechet derivative exactly instead of dropping it.
+        if not torch.is_grad_enabled():  # a plain backward pass: the formula itself
+            return _inverse_sqrt_frechet(evecs, s, grad), None
+        # create_graph=True: through a Function of its own, so that a second backward pass
+        # (Hessian-vector products) differentiates the Frechet derivative exactly.
         return _InverseSqrtFrechet.apply(a, grad, evecs, s), None
 
 
