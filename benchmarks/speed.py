@@ -37,10 +37,12 @@ Why some goals are hard on a CPU (the profile shows it):
   page-faulting ``malloc`` of the input's size). What would close the gap is a fused
   kernel per partition: ``torch.compile`` generates it (see ``benchmarks/compile.py``).
 - IterNorm at group size 64 needs ``3T - 3 = 12`` batched ``64 x 64`` products forward and
-  about twice as many backward; one ``64 x 64`` product costs about 1/20 of one ``eigh`` of
-  that size on a CPU core (LAPACK's ``syevd`` is fast at this size), so the products cost
-  as much as ZCA's eigendecompositions. On a GPU the balance flips: batched products run
-  at full speed while ``eigh`` is a slow iterative kernel (IterNorm's 3x goal there).
+  twice as many backward (a hand-derived backward through the coupled iteration needs as
+  many: six per step, as autograd's); one ``64 x 64`` product costs about 1/20 of one
+  ``eigh`` of that size on a CPU core (LAPACK's ``syevd`` is fast at this size), so the
+  36 products cost more than ZCA's eigendecomposition and five products. The row prints
+  this cost model, measured. On a GPU the balance flips: batched products run at full
+  speed while ``eigh`` is a slow iterative kernel (IterNorm's 3x goal there).
 """
 
 from __future__ import annotations
@@ -111,6 +113,44 @@ def interleaved(contenders: dict, rounds: int) -> dict[str, float]:
             name = names[(k + r) % len(names)]
             times[name].append(contenders[name]())
     return {n: statistics.median(t) for n, t in times.items()}
+
+
+def cost_model(device: torch.device, rounds: int, groups: int = 8, size: int = 64) -> None:
+    """Why IterNorm is not 1.5x faster than ZCA here: the matrix work of each, measured.
+
+    IterNorm (T = 5, coupled Newton-Schulz) needs 3T - 3 = 12 batched products of
+    ``size x size`` matrices forward and 24 backward (two per forward product); ZCA one
+    ``eigh`` and one product forward and four products backward (Daleckii-Krein). The work
+    on the ``(256, 512)`` activations (covariance, ``G (x - mu)``, their backward) is the
+    same for both and only dilutes the ratio.
+    """
+    a = torch.randn(groups, size, 4 * size, device=device)
+    spd = a @ a.transpose(-1, -2) / (4 * size) + 1e-3 * torch.eye(size, device=device)
+    b = torch.randn(groups, size, size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timer(fn, inner=10):
+        def run():
+            sync()
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync()
+            return (time.perf_counter() - start) / inner
+        return run
+
+    t = interleaved({"eigh": timer(lambda: torch.linalg.eigh(spd)),
+                     "bmm": timer(lambda: torch.bmm(spd, b))}, rounds)
+    iternorm = 36 * t["bmm"]
+    zca = t["eigh"] + 5 * t["bmm"]
+    print(f"    why (matrix work only, {groups} groups of {size}): one batched eigh "
+          f"{t['eigh'] * 1e3:.3f} ms = {t['eigh'] / t['bmm']:.1f} batched products of "
+          f"{t['bmm'] * 1e3:.3f} ms;\n"
+          f"    IterNorm needs 36 products ({iternorm * 1e3:.2f} ms), ZCA an eigh and 5 "
+          f"products ({zca * 1e3:.2f} ms): at best ZCA/IterNorm = {zca / iternorm:.2f} "
+          f"before the shared work on the activations. IterNorm wins where eigh costs more "
+          f"than ~31 products: smaller groups (eigh's per-matrix overhead) or a GPU.",
+          flush=True)
 
 
 def profile_table(fn, label: str, rows: int = 12) -> None:
@@ -187,6 +227,9 @@ def main() -> None:
     ratio = t["zca"] / t["iternorm"]
     report("IterNorm(T=5) vs ZCA (ZCA/IterNorm)", "(256, 512) groups 64", t["iternorm"], t["zca"],
            ratio, ">= 1.5", ratio >= 1.5, contenders)
+
+    if ratio < 1.5:
+        cost_model(device, args.rounds)
 
     # 3. ZCA's own backward against autograd through eigh
     xr = xw.detach().T.contiguous().requires_grad_()
