@@ -246,10 +246,13 @@ def _composed(x, partition, op, weight, bias):
     return out.reshape(x.shape)
 
 
-FUSED_CASES = [(p, center, scale, w, b)
-               for p in (BATCH, LAYER, INSTANCE, GROUP(3), BATCH_GROUP(2), POSITIONAL)
-               for center, scale in ((True, True), (False, True), (True, False))
-               for w, b in ((True, True), (True, False), (False, True), (False, False))]
+FUSED_CASES = (
+    [(p, center, scale, True, True)
+     for p in (BATCH, LAYER, INSTANCE, GROUP(3), BATCH_GROUP(2), POSITIONAL)
+     for center, scale in ((True, True), (False, True), (True, False))]
+    + [(p, True, True, w, b) for p in (BATCH, GROUP(3))
+       for w, b in ((True, False), (False, True), (False, False))]
+)
 
 
 @pytest.mark.parametrize("partition, center, scale, has_weight, has_bias", FUSED_CASES)
@@ -258,7 +261,7 @@ def test_fused_standardize_affine_equals_the_composition_with_gradients(
     # The hand-derived backward of the one-function path against autograd of the steps,
     # first derivatives (gradcheck) and second ones (Hessian-vector products recompute).
     torch.manual_seed(0)
-    x = (torch.randn(SHAPE, dtype=F64) * 2 + 3).requires_grad_()
+    x = (torch.randn(2, C, 1, 3, dtype=F64) * 2 + 3).requires_grad_()
     weight = torch.randn(C, dtype=F64, requires_grad=True) if has_weight else None
     bias = torch.randn(C, dtype=F64, requires_grad=True) if has_bias else None
     op = Standardize(1e-3, center=center, scale=scale)
@@ -275,8 +278,8 @@ def test_fused_standardize_affine_equals_the_composition_with_gradients(
     expected = _composed(x, partition, op, weight, bias)
     torch.testing.assert_close(fused(*inputs), expected)
     assert torch.autograd.gradcheck(fused, inputs)
-    if has_weight and partition in (BATCH, GROUP(3)):
-        assert torch.autograd.gradgradcheck(fused, inputs)
+    if has_weight and has_bias and center and scale and partition in (BATCH, GROUP(3)):
+        assert torch.autograd.gradgradcheck(fused, inputs, fast_mode=True)
 
 
 def test_fused_path_returns_statistics_for_running_averages():
