@@ -392,11 +392,13 @@ class _IterNormMatrix(torch.autograd.Function):
         d = cov.shape[-1]
         trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
         cov_n = (cov / trace).reshape(-1, d, d)
-        three_halves = 1.5 * torch.eye(d, dtype=cov.dtype, device=cov.device).expand_as(cov_n)
-        t = torch.add(three_halves, cov_n, alpha=-0.5)
+        t = cov_n * -0.5
+        t.diagonal(dim1=-2, dim2=-1).add_(1.5)
         ts, zs, ys = [t], [t], [torch.bmm(cov_n, t) if iterations > 1 else cov_n]
         for k in range(1, iterations):
-            t = torch.baddbmm(three_halves, zs[-1], ys[-1], alpha=-0.5)
+            # T = 3/2 I - Z Y / 2: the product scaled in place, 3/2 added on the diagonal only
+            t = torch.bmm(zs[-1], ys[-1]).mul_(-0.5)
+            t.diagonal(dim1=-2, dim2=-1).add_(1.5)
             ts.append(t)
             zs.append(torch.bmm(t, zs[-1]))
             if k < iterations - 1:
@@ -425,17 +427,18 @@ class _IterNormMatrix(torch.autograd.Function):
         gz, gy = grad * inv_sqrt, None
         for k in range(iterations - 1, 0, -1):
             t, z, y = ts[k], zs[k - 1], ys[k - 1]
-            gt = torch.bmm(gz, mT(z)) if gy is None else torch.baddbmm(torch.bmm(mT(y), gy), gz, mT(z))
-            new_gz = torch.baddbmm(torch.bmm(mT(t), gz), gt, mT(y), alpha=-0.5)
+            # each sum accumulated in place into the first product (no copy of an input)
+            gt = torch.bmm(gz, mT(z)) if gy is None else torch.bmm(mT(y), gy).baddbmm_(gz, mT(z))
+            new_gz = torch.bmm(mT(t), gz).baddbmm_(gt, mT(y), alpha=-0.5)
             new_gy = torch.bmm(mT(z), gt).mul_(-0.5) if gy is None else \
-                torch.baddbmm(torch.bmm(gy, mT(t)), mT(z), gt, alpha=-0.5)
+                torch.bmm(gy, mT(t)).baddbmm_(mT(z), gt, alpha=-0.5)
             gz, gy = new_gz, new_gy
         # T_0 = 3/2 I - Sigma_N / 2 = Z_0, Y_0 = Sigma_N T_0
         if gy is None:
             grad_n = -0.5 * gz
         else:
-            gt0 = torch.baddbmm(gz, mT(cov_n), gy)
-            grad_n = torch.baddbmm(gt0 * -0.5, gy, mT(ts[0]))
+            gt0 = torch.bmm(mT(cov_n), gy).add_(gz)
+            grad_n = torch.bmm(gy, mT(ts[0])).add_(gt0, alpha=-0.5)
         # Sigma_N = Sigma / tr Sigma
         trace_flat = trace.reshape(-1, 1, 1)
         grad_trace = grad_trace - (grad_n * cov_n).sum((-1, -2), keepdim=True) / trace_flat
