@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first and pinned, so that no later package pulls in another torch build as a dependency.
 	$(BIN)/python -m pip install -q torch==2.13.0
+	@# The peers whose models the integration tests build, without their dependencies: torchvision's
+	@# wheel would pull another torch, and timm's other requirements serve pretrained weights only.
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt torchvision==0.28.0 timm==1.0.29
 	@# Every other package at the exact version of constraints.txt: the same environment on every machine.
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[book,test,lab]"
 	@touch $(STAMP)

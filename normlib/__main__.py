@@ -2,7 +2,8 @@
 
 Commands:
     info      the library version, device, size preset and registered normalizers.
-    diagnose  a model's three properties at initialization, with verdicts (normlib.diagnose).
+    diagnose  a model's three properties at initialization, with verdicts (normlib.diagnose):
+              normlib's models or ``--model package.module:factory``; exit status 1 on a failure.
 """
 
 from __future__ import annotations

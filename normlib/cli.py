@@ -8,7 +8,8 @@ module imports the entry point.
 
 Commands:
     info      the library version, device, size preset and registered normalizers.
-    diagnose  a model's three properties at initialization, with verdicts (normlib.diagnose).
+    diagnose  a model's three properties at initialization, with verdicts (normlib.diagnose):
+              normlib's models or ``--model package.module:factory``; exit status 1 on a failure.
 """
 
 from __future__ import annotations
@@ -64,15 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; a user's error (a bad option, environment variable or file) is one line
-    on standard error naming it, and exit status 2, as argparse does for its own errors."""
+    """Run a command; a user's error (a bad option, environment variable or file, a missing
+    optional package) is one line on standard error naming it, and exit status 2, as argparse
+    does for its own errors. A command returns its own status otherwise (``diagnose``: 1 when a
+    verdict fails)."""
     import sys
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, MemoryError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, MemoryError) as err:
         message = str(err) or type(err).__name__
         print(f"{parser.prog} {args.command}: error: {message.splitlines()[0]}", file=sys.stderr)
         return 2

@@ -96,6 +96,17 @@ def train_test_split(
     return Split(xt[train], yt[train], xt[test], yt[test], int(yt.max()) + 1, name)
 
 
+def _extra(module: str, dataset: str):
+    """Import ``module`` of the ``data`` extra, or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"the {dataset} data set needs {module.split('.')[0]}, which a base "
+                          f"install of normlib lacks: pip install 'normlib[data]' ({err})") from err
+
+
 def load_digits(test_fraction: float = 0.25, seed: int = 0, flatten: bool = False) -> Split:
     """scikit-learn's handwritten digits: 1,797 images of 8x8 pixels, 10 classes.
 
@@ -107,9 +118,7 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0, flatten: bool = Fals
         flatten: return ``(N, 64)`` vectors instead of ``(N, 1, 8, 8)`` images.
     """
     check_seed(seed)
-    from sklearn.datasets import load_digits as _sk_digits
-
-    bunch = _sk_digits()
+    bunch = _extra("sklearn.datasets", "digits").load_digits()
     x = bunch.images.astype(np.float32) / 16.0
     x = x.reshape(len(x), 64) if flatten else x[:, None]
     return train_test_split(x, bunch.target, test_fraction, seed, "digits")
@@ -123,9 +132,7 @@ def load_wine(test_fraction: float = 0.3, seed: int = 0) -> Split:
     why distance-based models need standardized inputs.
     """
     check_seed(seed)
-    from sklearn.datasets import load_wine as _sk_wine
-
-    bunch = _sk_wine()
+    bunch = _extra("sklearn.datasets", "wine").load_wine()
     return train_test_split(bunch.data, bunch.target, test_fraction, seed, "wine")
 
 
@@ -142,7 +149,8 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42, test_fraction: float =
     """
     check_seed(seed)
     check_positive_int("num_samples", num_samples, minimum=20)
-    from mnist1d.data import get_dataset_args, make_dataset
+    mnist1d_data = _extra("mnist1d.data", "MNIST-1D")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
 
     args = get_dataset_args()
     args.num_samples = int(num_samples)

@@ -76,9 +76,50 @@ __all__ = [
     "normalize",
     "compute_dtype",
     "update_running",
+    "batch_sync",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+# ---- hook: synchronized batch statistics (set by normlib.distributed; None in one process) ----
+class _Slot:
+    """Holds the active reducer. A plain attribute rather than a ``ContextVar``: torch.compile
+    traces an attribute read (and guards on it), while ``ContextVar.get`` breaks the graph."""
+
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = None
+
+    def get(self):
+        return self.value
+
+    def set(self, value):
+        """Set ``value``; returns the previous one, the token for :meth:`reset`."""
+        previous, self.value = self.value, value
+        return previous
+
+    def reset(self, token) -> None:
+        self.value = token
+
+
+_BATCH_SYNC = _Slot()
+
+
+def batch_sync():
+    """The reducer that pools batch statistics over processes, or ``None`` (the default).
+
+    A synchronized layer of ``normlib.distributed`` sets it around its forward pass; then
+    every statistic of a partition that pools over the batch (``mean``, ``var_mean``, whitening's
+    covariance) is a count-weighted sum over the ranks, and checks of the batch size use the
+    global count.
+
+    Example:
+        >>> batch_sync() is None
+        True
+    """
+    return _BATCH_SYNC.get()
+# ---- end hook ----
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -163,6 +204,8 @@ class Partition:
 
     def mean(self, xv: Tensor) -> Tensor:
         """Mean of ``xv`` over each set of elements sharing statistics (keepdim)."""
+        if self.pool_batch and (sync := _BATCH_SYNC.get()) is not None:  # hook: over ranks
+            return sync.mean(xv, self.dims)
         return xv.mean(dim=self.dims, keepdim=True)
 
     def var_mean(self, xv: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,6 +215,8 @@ class Partition:
         one-pass update (``torch.var_mean``) for large offsets, and several times faster on
         CPUs, where ``torch.var_mean`` runs at a fraction of the memory bandwidth.
         """
+        if self.pool_batch and (sync := _BATCH_SYNC.get()) is not None:  # hook: over ranks
+            return sync.var_mean(xv, self.dims)
         mean = xv.mean(dim=self.dims, keepdim=True)
         centered = xv - mean
         return (centered * centered).mean(dim=self.dims, keepdim=True), mean
@@ -183,7 +228,11 @@ class Partition:
         decorrelates them), ``m`` counts the pooled elements, and ``B`` indexes
         independent problems (the unpooled batch and spatial axes).
         """
-        return xv.permute(self._order()).reshape(-1, xv.shape[1], self.count(xv.shape))
+        kept = 1  # explicit, N may be 0; a loop, not math.prod of a generator (torch.compile)
+        for d in (0, 3):
+            if d not in self.dims:
+                kept *= xv.shape[d]
+        return xv.permute(self._order()).reshape(kept, xv.shape[1], self.count(xv.shape))
 
     def from_matrix(self, mat: Tensor, view_shape: torch.Size) -> Tensor:
         """Inverse of :meth:`to_matrix`: back to the view shape ``(N, G, C // G, S)``."""
@@ -427,7 +476,10 @@ class Standardize(Operation):
         Partitions other than :class:`Partition` and other recoveries take the composed path.
         """
         if not isinstance(partition, Partition) or \
-                (recovery is not None and not isinstance(recovery, Affine)):
+                (recovery is not None and not isinstance(recovery, Affine)) or \
+                (partition.pool_batch and _BATCH_SYNC.get() is not None):
+            # other partitions and recoveries, and statistics pooled over processes (the
+            # reducer's own differentiable statistics), take the composed path
             return super().normalize_batch(xv, partition, recovery)
         weight, bias = (None, None) if recovery is None else recovery.broadcast(xv)
         out, mean, var = _StandardizeAffine.apply(xv, weight, bias, partition.dims, self.eps,
@@ -642,6 +694,8 @@ def update_running(
     momentum: float,
 ) -> None:
     """In place: ``running[k] = (1 - momentum) * running[k] + momentum * value_k`` (no gradient)."""
+    if (sync := _BATCH_SYNC.get()) is not None and sync.count is not None:  # hook: global count
+        count = sync.count
     with torch.no_grad():
         updates = []
         for key in operation.keys:

@@ -56,6 +56,7 @@ from normlib.framework import (
     Affine,
     RegionPartition,
     Standardize,
+    batch_sync,
     compute_dtype,
     normalize,
     update_running,
@@ -182,7 +183,7 @@ def _check_groups(num_groups, num_channels: int, name: str = "num_groups") -> No
 
 
 def _check_batch_count(count: int, x: Tensor, what: str, training: bool = True) -> None:
-    if count <= 1:
+    if count <= 1 and batch_sync() is None:  # synchronized: the global count is checked instead
         raise ValueError(_batch_count_message(what, x, training))
 
 

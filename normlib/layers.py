@@ -27,6 +27,8 @@ import functools
 from collections.abc import Sequence
 
 import torch
+import torch.fx
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlib import functional as NF
@@ -38,6 +40,7 @@ from normlib._checks import (
     check_positive_int,
     is_int,
 )
+from normlib.framework import POSITIONAL, Affine, Standardize, batch_sync, normalize
 from normlib.functional import (
     BACKENDS,
     _batch_count_message,
@@ -59,6 +62,8 @@ __all__ = [
     "InstanceNorm",
     "GroupNorm",
     "PositionalNorm",
+    "LayerNorm2d",
+    "RMSNorm2d",
     "RegionNorm",
     "FilterResponseNorm",
     "EvoNormB0",
@@ -100,18 +105,50 @@ def resolve_groups(num_features: int, num_groups: int | None, group_size: int | 
     return default_num_groups(num_features)
 
 
+def _fx_leaf(forward):
+    """Wrap a normalizer's ``forward`` so that ``torch.fx`` records it as one module call.
+
+    Under :func:`torch.fx.symbolic_trace` (and tools built on it: torchvision's
+    ``create_feature_extractor``, timm's FX feature extraction) the input is a ``Proxy``, and a
+    forward's argument checks and shape-dependent branches cannot run on it. The layer then
+    becomes a leaf of the graph, as torch's own layers are: a ``call_module`` node that runs the
+    real forward when the traced module runs. The returned function is marked
+    ``_normlib_fx_leaf`` (applying it twice is harmless).
+
+    Example:
+        >>> import torch.fx, normlib
+        >>> gm = torch.fx.symbolic_trace(torch.nn.Sequential(normlib.create_norm("gn", 4)))
+        >>> [n.op for n in gm.graph.nodes]
+        ['placeholder', 'call_module', 'output']
+    """
+    if getattr(forward, "_normlib_fx_leaf", False):
+        return forward
+
+    @functools.wraps(forward)
+    def leaf(self, x, *args, **kwargs):
+        if isinstance(x, torch.fx.Proxy):
+            tracer = x.tracer
+            return tracer.create_proxy("call_module", tracer.path_of_module(self), (x, *args),
+                                       kwargs)
+        return forward(self, x, *args, **kwargs)
+
+    leaf._normlib_fx_leaf = True
+    return leaf
+
+
 def _guard_forward(forward):
-    """Wrap a normalizer's ``forward``: empty batches, and no trace of a batch that raised.
+    """Wrap a normalizer's ``forward``: empty batches, no trace of a batch that raised, FX leaf.
 
     An empty batch returns an empty output (see :meth:`NormLayer._empty_output`). A forward
     that raises leaves the batch counter where it was (statistics are only written once a
     batch has been accepted), so a rejected batch does not mis-weight a cumulative average.
+    Under ``torch.fx`` tracing the layer is recorded as one call (see :func:`_fx_leaf`).
     """
 
     @functools.wraps(forward)
     def guarded(self, x, *args, **kwargs):
-        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == 0:
-            return self._empty_output(x)
+        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == 0 and batch_sync() is None:
+            return self._empty_output(x)  # (synchronized: an empty rank still joins the all-reduce)
         counter = getattr(self, "num_batches_tracked", None)
         saved = counter.clone() if isinstance(counter, Tensor) and self.training else None
         try:
@@ -122,6 +159,7 @@ def _guard_forward(forward):
                     counter.copy_(saved)
             raise
 
+    guarded = _fx_leaf(guarded)
     guarded._normlib_guarded = True
     return guarded
 
@@ -188,7 +226,9 @@ class NormLayer(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
+        # nn.Module's own initializer, not the next class of the MRO: BatchNorm also derives
+        # from torch's BatchNorm2d, whose initializer would build the parameters a second time.
+        nn.Module.__init__(self)
         if param_shape is None:
             check_positive_int("num_features", num_features)
         check_eps(eps)
@@ -253,7 +293,8 @@ class NormLayer(nn.Module):
         """Checks before any computation (and before the batch counter moves)."""
         check_input(x, num_features=self.num_features)
         use_batch = self.training or not self.track_running_stats
-        if self.uses_batch_statistics and use_batch and x.numel() // self._stats_size <= 1:
+        if self.uses_batch_statistics and use_batch and x.numel() // self._stats_size <= 1 \
+                and batch_sync() is None:  # synchronized: the global count is checked instead
             raise ValueError(_batch_count_message(type(self).__name__, x, self.training))
 
     def extra_repr(self) -> str:
@@ -270,12 +311,20 @@ class NormLayer(nn.Module):
 
 
 @register_norm("bn", "batchnorm", "batch_norm")
-class BatchNorm(NormLayer):
+class BatchNorm(NormLayer, nn.BatchNorm2d):
     """Batch Normalization (Ioffe and Szegedy, 2015) for any ``(N, C, *)`` input.
 
     ``y = (x - mu_c) / sqrt(sigma_c^2 + eps) * weight_c + bias_c``, statistics per
     channel over ``(N, *)``; equals ``torch.nn.BatchNorm1d/2d/3d``. See
     :func:`normlib.functional.batch_norm`.
+
+    It is also a ``torch.nn.BatchNorm2d`` (same attributes, parameters, buffers and state-dict
+    keys), so tools that look for torch's batch norm accept it: timm's
+    ``freeze_batch_norm_2d``, ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, the
+    optimizers' and trainers' "no weight decay on BN" rules. Its forward is normlib's and takes
+    any number of dimensions. ``torch.ao.quantization.fuse_modules`` matches exact types: pass
+    ``fuse_custom_config_dict={"additional_fuser_method_mapping": fuser_method_mapping()}``
+    (from :mod:`normlib.conversion`), or :func:`normlib.revert` a converted model first.
 
     Args:
         num_features: ``C``.
@@ -292,6 +341,8 @@ class BatchNorm(NormLayer):
         >>> y = bn(torch.randn(8, 3))
         >>> bn.num_batches_tracked.item()
         1
+        >>> isinstance(bn, torch.nn.modules.batchnorm._BatchNorm)
+        True
     """
 
     running_keys = ("mean", "var")
@@ -658,6 +709,100 @@ class PositionalNorm(NormLayer):
         return NF.positional_norm(x, self.weight, self.bias, self.eps)
 
 
+def _move_channels_last(x: Tensor) -> Tensor:
+    return x.movedim(1, -1) if x.dim() > 2 else x
+
+
+def _move_channels_first(y: Tensor) -> Tensor:
+    return y.movedim(-1, 1) if y.dim() > 2 else y
+
+
+@register_norm("ln2d", "layernorm2d", "layer_norm_2d", "channel_ln")
+class LayerNorm2d(NormLayer):
+    """LayerNorm over the channels at each position, for ``(N, C, *)`` feature maps.
+
+    ``y[n, :, p] = (x[n, :, p] - mean_c) / sqrt(var_c + eps) * weight + bias``: the statistics
+    of one sample at one position, over its ``C`` channels. This is the LayerNorm of vision
+    transformers and ConvNeXt applied to channels-first maps, timm's ``LayerNorm2d`` (equal to
+    it), and the same function as :class:`PositionalNorm` (Li et al., 2019), computed here by
+    torch's LayerNorm kernel on a channels-last view. :class:`LayerNorm` (``"ln"``) pools over
+    ``(C, *)`` instead. Chapter "Review I: normalizing activations".
+
+    Args:
+        num_features: ``C``.
+        eps: added to the variance.
+        affine: learn ``weight`` and ``bias`` of shape ``(C,)``.
+        bias: with ``affine``, also learn ``bias``.
+        backend: ``"auto"`` (torch's kernel) or ``"framework"`` (the positional partition).
+        device: factory argument.
+        dtype: factory argument.
+
+    Example:
+        >>> x = torch.randn(2, 16, 4, 4)
+        >>> y = LayerNorm2d(16)(x)
+        >>> bool(y.mean(dim=1).abs().max() < 1e-5)
+        True
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True,
+                 bias: bool = True, backend: str = "auto", device=None, dtype=None):
+        super().__init__(num_features, eps, None, affine, bias=bias, device=device, dtype=dtype)
+        self.backend = check_choice("backend", backend, BACKENDS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        if self.backend == "auto" and (xc := NF._torch_ready(x, self.weight, self.bias)) is not None:
+            y = F.layer_norm(_move_channels_last(xc), (self.num_features,), self.weight,
+                             self.bias, self.eps)
+            return _move_channels_first(y).to(x.dtype)
+        return NF.positional_norm(x, self.weight, self.bias, self.eps)
+
+
+@register_norm("rms2d", "rmsnorm2d", "rms_norm_2d", "channel_rms")
+class RMSNorm2d(NormLayer):
+    """RMSNorm over the channels at each position, for ``(N, C, *)`` feature maps.
+
+    ``y[n, :, p] = x[n, :, p] / sqrt(mean_c(x[n, :, p]^2) + eps) * weight`` (Zhang and Sennrich,
+    2019), as timm's ``RmsNorm2d`` (equal to it, and computed the same way, over dimension 1):
+    the RMSNorm of transformers applied to channels-first maps. :class:`RMSNorm` (``"rms"``)
+    pools over ``(C, *)`` instead. Chapter "Review I: normalizing activations".
+
+    Args:
+        num_features: ``C``.
+        eps: added to the mean square; ``None`` for ``torch.finfo(x.dtype).eps`` (as
+            ``torch.nn.RMSNorm``).
+        affine: learn the gain ``weight`` of shape ``(C,)``.
+        backend: ``"auto"`` (torch's kernel) or ``"framework"`` (the positional partition).
+        device: factory argument.
+        dtype: factory argument.
+
+    Example:
+        >>> y = RMSNorm2d(8, eps=1e-6)(torch.randn(2, 8, 3, 3))
+        >>> bool(torch.allclose(y.pow(2).mean(dim=1), torch.ones(2, 3, 3), atol=1e-4))
+        True
+    """
+
+    def __init__(self, num_features: int, eps: float | None = 1e-6, affine: bool = True,
+                 backend: str = "auto", device=None, dtype=None):
+        super().__init__(num_features, 1e-5 if eps is None else eps, None, affine, bias=False,
+                         device=device, dtype=dtype)
+        self.eps = eps
+        self.backend = check_choice("backend", backend, BACKENDS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        if self.backend == "auto" and (xc := NF._torch_ready(x, self.weight)) is not None:
+            # Reduced over dimension 1 in place: on the CPU, torch's rms_norm kernel on a
+            # channels-last view is 1.5 to 3 times slower than this (timm computes it so too).
+            y = xc * torch.rsqrt(xc.square().mean(dim=1, keepdim=True) + eps)
+            if self.weight is not None:
+                y = y * self.weight.reshape((1, -1) + (1,) * (x.dim() - 2))
+            return y.to(x.dtype)
+        return normalize(x, POSITIONAL, Standardize(eps, center=False),
+                         None if self.weight is None else Affine(self.weight, None))
+
+
 class RegionNorm(NormLayer):
     """Region Normalization (Yu et al., 2020): InstanceNorm within each labelled region.
 
@@ -854,6 +999,8 @@ class LocalResponseNorm(NormLayer):
         alpha: multiplicative factor.
         beta: exponent.
         k: additive constant.
+        device: factory argument (accepted as by every layer; LRN has no tensors).
+        dtype: factory argument.
 
     Example:
         >>> LocalResponseNorm(8, size=3)(torch.randn(2, 8, 4, 4)).shape
@@ -861,9 +1008,9 @@ class LocalResponseNorm(NormLayer):
     """
 
     def __init__(self, num_features: int, size: int = 5, alpha: float = 1e-4,
-                 beta: float = 0.75, k: float = 1.0):
+                 beta: float = 0.75, k: float = 1.0, device=None, dtype=None):
         check_positive_int("size", size)
-        super().__init__(num_features, 1e-5, None, affine=False)
+        super().__init__(num_features, 1e-5, None, affine=False, device=device, dtype=dtype)
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x: Tensor) -> Tensor:
@@ -887,6 +1034,8 @@ class LocalContrastNorm(NormLayer):
         kernel_size: window size per spatial axis.
         sigma: standard deviation of the Gaussian window.
         eps: lower bound of the divisor.
+        device: factory argument (accepted as by every layer; no tensors).
+        dtype: factory argument.
 
     Example:
         >>> LocalContrastNorm(3)(torch.randn(2, 3, 12, 12)).shape
@@ -894,10 +1043,10 @@ class LocalContrastNorm(NormLayer):
     """
 
     def __init__(self, num_features: int, kernel_size: int = 9, sigma: float = 2.0,
-                 eps: float = 1e-5):
+                 eps: float = 1e-5, device=None, dtype=None):
         _check_window(kernel_size, "kernel_size")
         check_positive_float("sigma", sigma)
-        super().__init__(num_features, eps, None, affine=False)
+        super().__init__(num_features, eps, None, affine=False, device=device, dtype=dtype)
         self.kernel_size, self.sigma = kernel_size, sigma
 
     def forward(self, x: Tensor) -> Tensor:
@@ -921,6 +1070,8 @@ class DivisiveNorm(NormLayer):
         channel_size: window over channels, ``None`` for all channels.
         sigma: smoothing constant.
         center: subtract the local mean.
+        device: factory argument (accepted as by every layer; no tensors).
+        dtype: factory argument.
 
     Example:
         >>> DivisiveNorm(4)(torch.randn(2, 4, 6, 6)).shape
@@ -928,12 +1079,13 @@ class DivisiveNorm(NormLayer):
     """
 
     def __init__(self, num_features: int, spatial_size: int = 3,
-                 channel_size: int | None = None, sigma: float = 1.0, center: bool = True):
+                 channel_size: int | None = None, sigma: float = 1.0, center: bool = True,
+                 device=None, dtype=None):
         _check_window(spatial_size, "spatial_size")
         if channel_size is not None:
             check_positive_int("channel_size", channel_size)
         check_positive_float("sigma", sigma)
-        super().__init__(num_features, 1e-5, None, affine=False)
+        super().__init__(num_features, 1e-5, None, affine=False, device=device, dtype=dtype)
         self.spatial_size, self.channel_size = spatial_size, channel_size
         self.sigma, self.center = sigma, center
 

@@ -40,7 +40,17 @@ import torch
 from torch import Tensor, nn
 
 from normlib._checks import check_per_channel, check_positive_int
-from normlib.framework import BATCH, INSTANCE, LAYER, Affine, Operation, Partition, Standardize, normalize
+from normlib.framework import (
+    BATCH,
+    INSTANCE,
+    LAYER,
+    Affine,
+    Operation,
+    Partition,
+    Standardize,
+    batch_sync,
+    normalize,
+)
 from normlib.functional import _check_arguments
 from normlib.layers import NormLayer
 from normlib.registry import register_norm
@@ -98,7 +108,7 @@ def _affine(weight: Tensor | None, bias: Tensor | None) -> Affine | None:
 
 
 def _check_batch(x: Tensor, what: str) -> None:
-    if x.numel() // x.shape[1] <= 1:
+    if x.numel() // x.shape[1] <= 1 and batch_sync() is None:  # synchronized: global count checked
         raise ValueError(
             f"{what} in training needs more than 1 value per channel to estimate batch "
             f"statistics, got input of shape {tuple(x.shape)}; use a larger batch or .eval()"
@@ -133,6 +143,8 @@ class ModeStandardize(Operation):
         return self.gates.sum(0).clamp_min(torch.finfo(self.gates.dtype).tiny)
 
     def statistics(self, xv: Tensor, partition: Partition) -> dict[str, Tensor]:
+        if (sync := batch_sync()) is not None:  # hook: gate-weighted sums over ranks
+            return sync.mode_moments(self.gates.to(xv.dtype), xv.flatten(1, 2))
         g = self.gates.to(xv.dtype)
         mass = self._mode_mass().to(xv.dtype).unsqueeze(-1)  # (K, 1)
         x = xv.flatten(1, 2)  # (N, C, S)
@@ -151,8 +163,10 @@ class ModeStandardize(Operation):
     def running_value(self, key: str, stat: Tensor, count: int) -> Tensor:
         if key != "var":
             return stat
-        per_sample = count / self.gates.shape[0]
-        n_eff = (self._mode_mass() * per_sample).to(stat.dtype).unsqueeze(-1)
+        mass, n = self._mode_mass(), self.gates.shape[0]
+        if (sync := batch_sync()) is not None and sync.mode_mass is not None:  # hook: global mass
+            mass, n = sync.mode_mass, sync.batch_size
+        n_eff = (mass * (count / n)).to(stat.dtype).unsqueeze(-1)
         return torch.where(n_eff > 1, stat * n_eff / (n_eff - 1).clamp_min(1e-12), stat)
 
     def from_running(self, key: str, buffer: Tensor, xv: Tensor, partition: Partition) -> Tensor:
@@ -230,9 +244,10 @@ def _moments(xv: Tensor, partition: Partition) -> tuple[Tensor, Tensor]:
     """
     stats = Standardize().statistics(partition.view(xv), partition)
     mean, var = stats["mean"], stats["var"]
-    if partition.groups(xv.shape[1]) == 1:  # (N, 1, 1, 1) already broadcasts
+    g = partition.groups(xv.shape[1])
+    if g == 1:  # (N, 1, 1, 1) already broadcasts
         return mean, var
-    return mean.reshape(mean.shape[0], -1, 1, 1), var.reshape(var.shape[0], -1, 1, 1)
+    return mean.reshape(mean.shape[0], g, 1, 1), var.reshape(var.shape[0], g, 1, 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -374,7 +389,8 @@ class SwitchableWhiten(Operation):
         return split_groups(mat, self.group_size)
 
     def statistics(self, xv: Tensor, partition: Partition) -> dict[str, Tensor]:
-        mean, cov = covariance(self._grouped(BATCH.to_matrix(xv)))
+        sync = batch_sync()  # hook: over ranks when synchronized
+        mean, cov = (covariance if sync is None else sync.covariance)(self._grouped(BATCH.to_matrix(xv)))
         return {"mean": mean, "cov": cov}
 
     def apply(self, xv: Tensor, stats: dict[str, Tensor], partition: Partition) -> Tensor:
@@ -473,7 +489,7 @@ def switchable_whitening(
     check_per_channel("running_cov", running_cov, (c // g, g, g), meaning="one covariance per group")
     if (running_mean is None) != (running_cov is None):
         raise ValueError("running_mean and running_cov must be given together or not at all")
-    spatial = x[0, 0].numel()
+    spatial = x.shape[2:].numel()  # (not x[0, 0]: a synchronized rank may hold no sample)
     if "iw" in modes:
         _check_samples(spatial, g, x.shape)
     elif {"in", "ln"} & set(modes) and spatial <= 1:
@@ -481,7 +497,7 @@ def switchable_whitening(
             f"instance and layer statistics need spatial positions, got input of shape {tuple(x.shape)}"
         )
     use_batch = training or running_mean is None
-    if use_batch:
+    if use_batch and batch_sync() is None:  # synchronized: the global count is checked instead
         _check_samples(n * spatial, g, x.shape)
     running = None if running_mean is None else {"mean": running_mean, "cov": running_cov}
     op = SwitchableWhiten(mean_weights, cov_weights, modes, g, method, eps, iterations)

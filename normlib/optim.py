@@ -15,6 +15,25 @@ groups, ``state_dict``/``load_state_dict``, ``step(closure)``, usable with
   :class:`LANS` (Zheng et al., 2020). The last trust ratio of each parameter is
   kept in ``optimizer.state[p]["trust_ratio"]``.
 
+**Norm and bias parameters: one rule for LARS, LAMB and LANS.** An *excluded*
+parameter takes the base optimizer's plain step (momentum SGD for LARS, Adam for
+LAMB, LANS's two directions unscaled): no weight decay (neither L2 nor
+decoupled) and a trust ratio of 1. Which parameters are excluded:
+
+1. a parameter group's ``"exclude"`` key, if it is ``True`` or ``False``, decides for
+   every parameter of the group (:func:`param_groups` sets it);
+2. otherwise (``"exclude": None``, the default) the optimizer's ``exclude_vectors``
+   (default ``True``) excludes every tensor with fewer than 2 dims: biases and the
+   affine parameters of torch's normalizers and of ``normlib.layers``.
+
+The optimizer sees only tensors, so rule 2 goes by shape; :func:`param_groups` goes
+by module type and name (parameters of normalization layers, of weight normalizers'
+gains, biases), the way BERT's LAMB excluded LayerNorm and bias parameters (You et
+al., 2020) and timm's ``param_groups_weight_decay`` does, and its groups also work
+with ``torch.optim.SGD`` and ``AdamW`` (the excluded group has ``weight_decay=0``).
+``exclude_vectors=False`` with no ``"exclude"`` key is the papers' algorithms on
+every tensor (and pytorch-optimizer's ``Lamb``).
+
 The pure functions (:func:`centralize_gradient`, :func:`normalize_gradient`,
 :func:`lars_trust_ratio`, :func:`lamb_trust_ratio`) are the math; the classes
 hold state. Explained in the chapter "Review III: normalizing weights and
@@ -22,7 +41,7 @@ gradients" (``chapters/review_weights.md``).
 
 Example:
     >>> import torch
-    >>> from normlib.optim import LARS
+    >>> from normlib.optim import LARS, param_groups
     >>> w = torch.nn.Parameter(torch.ones(2, 2))
     >>> opt = LARS([w], lr=1.0, momentum=0.0, trust_coefficient=0.01)
     >>> w.grad = torch.full((2, 2), 5.0)
@@ -30,18 +49,36 @@ Example:
     >>> w.detach()  # the step has length 0.01 * ||w||, whatever ||grad|| is
     tensor([[0.9900, 0.9900],
             [0.9900, 0.9900]])
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    >>> groups = param_groups(net, weight_decay=1e-4)  # BN scale and shift, the bias: no decay
+    >>> [(len(g["params"]), g["weight_decay"], g["exclude"]) for g in groups]
+    [(1, 0.0001, False), (3, 0.0, True)]
+    >>> opt = LARS(groups, lr=0.1)
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 from torch.optim import Optimizer
 
-from normlib._checks import check_bool, check_nonnegative_float, check_positive_float, check_probability
+from normlib._checks import (
+    argument_error,
+    check_bool,
+    check_module,
+    check_nonnegative_float,
+    check_positive_float,
+    check_probability,
+)
+from normlib.layers import NormLayer
+from normlib.recovery import AttentiveNorm
+from normlib.weight import WeightNorm
 
 __all__ = [
     "centralize_gradient",
@@ -55,7 +92,25 @@ __all__ = [
     "LARS",
     "LAMB",
     "LANS",
+    "NORM_LAYER_TYPES",
+    "EXCLUDE_RULES",
+    "param_groups",
 ]
+
+#: Module types whose own parameters :func:`param_groups` treats as normalization parameters:
+#: torch's normalizers and every normalizer of normlib.
+NORM_LAYER_TYPES: tuple[type, ...] = (
+    NormLayer,
+    AttentiveNorm,
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.CrossMapLRN2d,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+#: The rules that :func:`param_groups` knows by name.
+EXCLUDE_RULES = ("norm", "bias", "vectors")
 
 
 # --------------------------------------------------------------------------- checks
@@ -231,6 +286,137 @@ def relative_updates(
             step = float(torch.linalg.vector_norm(p.detach() - before[name]))
             out[name] = step / norm if norm > 0 else float("nan")
     return out
+
+
+# ------------------------------------------------------------ norm and bias parameters
+
+
+def _excluded(p: torch.Tensor, group: dict, default_exclude_vectors: bool) -> bool:
+    """The module's rule: the group's ``"exclude"`` if set, else ``exclude_vectors`` and ``ndim < 2``."""
+    exclude = group.get("exclude")
+    if exclude is not None:
+        return bool(exclude)
+    return bool(group.get("exclude_vectors", default_exclude_vectors)) and p.ndim < 2
+
+
+def _check_exclude(exclude) -> tuple:
+    if isinstance(exclude, (str, type)):
+        exclude = (exclude,)
+    try:
+        rules = tuple(exclude)
+    except TypeError:
+        raise argument_error(TypeError, "exclude", "a tuple of rule names and module types", exclude,
+                             "e.g. exclude=('norm', 'bias')") from None
+    for rule in rules:
+        if isinstance(rule, type) and issubclass(rule, nn.Module):
+            continue
+        if rule not in EXCLUDE_RULES:
+            raise argument_error(ValueError, "exclude", f"rule names from {EXCLUDE_RULES} or nn.Module types",
+                                 rule, "e.g. exclude=('norm', 'bias', nn.Embedding)")
+    return rules
+
+
+def _gain_parameters(model: nn.Module) -> set[int]:
+    """ids of the gains of weight normalizers: ``g`` of weight normalization, the parametrizations' own."""
+    gains = set()
+    for module in model.modules():
+        if not isinstance(module, parametrize.ParametrizationList):
+            continue
+        first = module[0]
+        if isinstance(first, (WeightNorm, torch.nn.utils.parametrizations._WeightNorm)):
+            gains.add(id(module.original0))
+        for transform in module:
+            gains.update(id(q) for q in transform.parameters())
+    return gains
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float = 1e-5,
+    exclude: Iterable = ("norm", "bias"),
+    no_weight_decay: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    r"""Two parameter groups for any model: decayed and trust-scaled weights, and excluded parameters.
+
+    The parameters named by ``exclude`` go to a group with ``weight_decay=0`` and
+    ``"exclude": True`` (no trust ratio in :class:`LARS`, :class:`LAMB`, :class:`LANS`; see
+    the module docstring); every other trainable parameter to a group with
+    ``weight_decay`` and ``"exclude": False``. The groups work with any torch optimizer
+    (timm's ``param_groups_weight_decay`` makes the same split), and tied parameters
+    appear once.
+
+    Rules in ``exclude``:
+
+    - ``"norm"``: the parameters of normalization layers, found by type
+      (:data:`NORM_LAYER_TYPES`: torch's BatchNorm, InstanceNorm, GroupNorm, LayerNorm,
+      RMSNorm, ... and every normalizer of normlib; a submodule of a normalizer, such as a
+      gate's ``Linear``, is judged on its own), and the gains of weight normalizers (``g`` of
+      :func:`normlib.weight.weight_norm` and torch's ``weight_norm``, the gain of scaled weight
+      standardization);
+    - ``"bias"``: parameters whose name ends in ``bias``;
+    - ``"vectors"``: every tensor with fewer than 2 dims (timm's rule);
+    - an ``nn.Module`` type: the parameters that modules of that type own directly
+      (``nn.Embedding``, say).
+
+    Args:
+        model: any ``nn.Module``.
+        weight_decay: :math:`\lambda` of the decayed group.
+        exclude: rules, as above (default ``("norm", "bias")``).
+        no_weight_decay: further parameter names (as in ``model.named_parameters()``) or
+            shell-style patterns (``"pos_embed"``, ``"*.cls_token"``) to exclude; a model's own
+            ``no_weight_decay()`` method (timm's convention) adds its names too.
+
+    Returns:
+        list[dict]: the non-empty groups among
+        ``{"params": [...], "weight_decay": weight_decay, "exclude": False}`` and
+        ``{"params": [...], "weight_decay": 0.0, "exclude": True}``, in that order.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module`` or ``exclude`` is not a tuple.
+        ValueError: for an unknown rule or a negative ``weight_decay``.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8),
+        ...                           torch.nn.Conv2d(8, 8, 1, bias=False))
+        >>> decay, excluded = param_groups(net, weight_decay=5e-4)
+        >>> [tuple(p.shape) for p in decay["params"]], len(excluded["params"])
+        ([(8, 3, 3, 3), (8, 8, 1, 1)], 3)
+        >>> opt = LAMB(param_groups(net, 0.01), lr=1e-3)  # weights decayed and trust-scaled
+    """
+    check_module("model", model)
+    check_nonnegative_float("weight_decay", weight_decay)
+    rules = _check_exclude(exclude)
+    if isinstance(no_weight_decay, str):
+        no_weight_decay = (no_weight_decay,)
+    patterns = list(no_weight_decay)
+    if callable(getattr(model, "no_weight_decay", None)):
+        patterns += list(model.no_weight_decay())
+    types = tuple(r for r in rules if isinstance(r, type))
+    gains = _gain_parameters(model) if "norm" in rules else set()
+    decided: dict[int, bool] = {}
+    order: list[torch.nn.Parameter] = []
+    for module_name, module in model.named_modules():
+        for local, p in module.named_parameters(recurse=False):
+            if id(p) in decided or not p.requires_grad:
+                continue
+            name = f"{module_name}.{local}" if module_name else local
+            excluded = (
+                ("norm" in rules and (isinstance(module, NORM_LAYER_TYPES) or id(p) in gains))
+                or ("bias" in rules and local.endswith("bias"))
+                or ("vectors" in rules and p.ndim < 2)
+                or (bool(types) and isinstance(module, types))
+                or any(name == pat or fnmatch.fnmatchcase(name, pat) for pat in patterns)
+            )
+            decided[id(p)] = excluded
+            order.append(p)
+    decay = [p for p in order if not decided[id(p)]]
+    skip = [p for p in order if decided[id(p)]]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": float(weight_decay), "exclude": False})
+    if skip:
+        groups.append({"params": skip, "weight_decay": 0.0, "exclude": True})
+    return groups
 
 
 class _preserved_optimizer:
@@ -458,9 +644,11 @@ class LARS(Optimizer):
 
     (with Nesterov, :math:`w \leftarrow w - \alpha (d + \mu b)`). The step of every
     layer is about :math:`\alpha \eta \|w\|`, independent of the scale of its
-    gradient. With ``exclude_vectors`` (default), tensors with fewer than 2 dims
-    (biases, normalizer scales) take a plain momentum-SGD step without trust
-    ratio or weight decay, as is usual for LARS (and as pytorch-optimizer does).
+    gradient. Excluded parameters (the module's rule: a group's ``"exclude"`` key, else
+    with ``exclude_vectors`` (default) every tensor with fewer than 2 dims: biases,
+    normalizer scales) take a plain momentum-SGD step without trust ratio or weight
+    decay, as is usual for LARS (and as pytorch-optimizer does). Build the groups with
+    :func:`param_groups` to exclude by module type and name instead of by shape.
 
     Args:
         params: parameters or parameter groups.
@@ -470,7 +658,8 @@ class LARS(Optimizer):
         weight_decay: :math:`\lambda`.
         trust_coefficient: :math:`\eta`.
         nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening = 0``).
-        exclude_vectors: plain SGD for tensors with ``ndim < 2``.
+        exclude_vectors: exclude tensors with ``ndim < 2`` in groups without an
+            ``"exclude"`` key.
 
     Example:
         >>> lin = torch.nn.Linear(3, 2)
@@ -509,7 +698,8 @@ class LARS(Optimizer):
             weight_decay=weight_decay,
             trust_coefficient=trust_coefficient,
             nesterov=nesterov,
-            exclude_vectors=exclude_vectors,
+            exclude_vectors=check_bool("exclude_vectors", exclude_vectors),
+            exclude=None,
         )
         super().__init__(params, defaults)
 
@@ -534,7 +724,9 @@ class LARS(Optimizer):
                     continue
                 grad = _dense_grad(p, "LARS")
                 state = self.state[p]
-                if p.ndim >= 2 or not group["exclude_vectors"]:
+                if _excluded(p, group, self.defaults["exclude_vectors"]):
+                    state["trust_ratio"] = torch.ones((), dtype=p.dtype, device=p.device)
+                else:
                     ratio = lars_trust_ratio(p, grad, group["trust_coefficient"], wd)
                     grad = (grad + wd * p) * ratio
                     state["trust_ratio"] = ratio
@@ -579,10 +771,16 @@ class LAMB(Optimizer):
     :math:`w \leftarrow (1 - \alpha\lambda) w` before the step, and
     :math:`u = r`.
 
+    Excluded parameters (the module's rule: a group's ``"exclude"`` key, else with
+    ``exclude_vectors`` (default) every tensor with fewer than 2 dims: biases and
+    normalizer scales, as in the BERT code of the paper) take Adam's step
+    :math:`w \leftarrow w - \alpha r`: no weight decay, trust ratio 1. Build the groups
+    with :func:`param_groups` to exclude by module type and name instead of by shape.
+
     pytorch-optimizer's ``Lamb(adam_debias=True)`` takes the same steps with
-    ``bias_correction=False`` (its default divides the step by :math:`c_1` but
-    not :math:`v` by :math:`c_2`; its ``weight_decouple=False`` is the paper's
-    :math:`u = r + \lambda w`, here the default).
+    ``bias_correction=False`` and ``exclude_vectors=False`` (its default divides the step
+    by :math:`c_1` but not :math:`v` by :math:`c_2`; its ``weight_decouple=False`` is the
+    paper's :math:`u = r + \lambda w`, here the default; it trust-scales every tensor).
 
     Args:
         params: parameters or parameter groups.
@@ -593,6 +791,8 @@ class LAMB(Optimizer):
         bias_correction: correct both moments for their zero start.
         max_weight_norm: :math:`z_{\max}` (``None``: no clipping).
         decoupled_weight_decay: AdamW-style decay outside the trust ratio.
+        exclude_vectors: exclude tensors with ``ndim < 2`` in groups without an
+            ``"exclude"`` key.
 
     Example:
         >>> lin = torch.nn.Linear(3, 2)
@@ -613,6 +813,7 @@ class LAMB(Optimizer):
         bias_correction: bool = True,
         max_weight_norm: float | None = 10.0,
         decoupled_weight_decay: bool = False,
+        exclude_vectors: bool = True,
     ) -> None:
         check_nonnegative_float("lr", lr)
         betas = _check_betas(betas)
@@ -628,6 +829,8 @@ class LAMB(Optimizer):
             bias_correction=bias_correction,
             max_weight_norm=max_weight_norm,
             decoupled_weight_decay=decoupled_weight_decay,
+            exclude_vectors=check_bool("exclude_vectors", exclude_vectors),
+            exclude=None,
         )
         super().__init__(params, defaults)
 
@@ -672,14 +875,19 @@ class LAMB(Optimizer):
                 grad = self._prepare_grad(_dense_grad(p, name))
                 state = self.state[p]
                 directions = self._directions(grad, state, group)
-                if decoupled and wd > 0:
-                    p.mul_(1.0 - lr * wd)
+                excluded = _excluded(p, group, self.defaults["exclude_vectors"])
+                decay = 0.0 if excluded else wd
+                if decoupled and decay > 0:
+                    p.mul_(1.0 - lr * decay)
                 total = torch.zeros_like(p)
                 ratios = []
                 for weight, direction in directions:
-                    if not decoupled and wd > 0:
-                        direction = direction + wd * p
-                    ratio = lamb_trust_ratio(p, direction, group["eps"], group["max_weight_norm"])
+                    if not decoupled and decay > 0:
+                        direction = direction + decay * p
+                    if excluded:
+                        ratio = torch.ones((), dtype=p.dtype, device=p.device)
+                    else:
+                        ratio = lamb_trust_ratio(p, direction, group["eps"], group["max_weight_norm"])
                     ratios.append(ratio)
                     total.add_(direction * ratio, alpha=weight)
                 state["trust_ratio"] = ratios[0]
@@ -701,8 +909,9 @@ class LANS(LAMB):
         w \leftarrow w - \alpha \Big(\beta_1 \frac{\phi(\|w\|)}{\|r + \lambda w\|} (r + \lambda w)
         + (1 - \beta_1) \frac{\phi(\|w\|)}{\|c + \lambda w\|} (c + \lambda w)\Big)
 
-    Arguments as :class:`LAMB`. ``optimizer.state[p]["trust_ratio"]`` is the
-    momentum direction's trust ratio.
+    Arguments as :class:`LAMB`, and the same rule for excluded parameters (no weight
+    decay, both trust ratios 1). ``optimizer.state[p]["trust_ratio"]`` is the momentum
+    direction's trust ratio.
 
     Example:
         >>> lin = torch.nn.Linear(3, 2)

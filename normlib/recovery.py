@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from normlib._checks import check_eps, check_positive_int, check_tensor
 from normlib.framework import INSTANCE, Partition, Standardize, compute_dtype, normalize
 from normlib.functional import check_input
+from normlib.layers import _fx_leaf
 from normlib.registry import create_norm, register_norm
 from normlib.whitening import Whiten, covariance, inverse_sqrt_symmetric
 
@@ -479,6 +480,7 @@ class AttentiveNorm(nn.Module):
         logits = self.attention_fc(pooled.to(self.attention_fc.weight.dtype))
         return torch.sigmoid(logits) if self.attention == "sigmoid" else logits.softmax(-1)
 
+    @_fx_leaf  # one node under torch.fx tracing, as the layers of normlib.layers
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, num_features=self.num_features)
         lam = self.attention_weights(x)

@@ -25,6 +25,11 @@ Every run is cached on disk (:class:`ResultCache`), keyed on a hash of normlib's
 results, and a change to the library or to the data retrains. The folder is
 ``$NORMLIB_CACHE_DIR`` (the Makefile sets it), else ``~/.cache/normlib`` (:func:`cache_dir`).
 
+Under ``torchrun --nproc-per-node K`` (an initialized ``torch.distributed`` process group),
+:func:`training_map` gives each rank a share of the configurations (round-robin by index); each
+rank writes its runs to the cache and every rank returns the whole map, equal to a one-process
+run (:func:`normlib.distributed.sharding.map_sharded`). Without a process group nothing changes.
+
 The chapter "Training map" (``chapters/training_map.md``) runs this module.
 
 Example:
@@ -58,6 +63,7 @@ from tqdm import tqdm
 from normlib._checks import check_float, check_nonnegative_float, check_nonnegative_int, check_positive_int
 from normlib.data import Split
 from normlib.device import default_device
+from normlib.distributed.sharding import map_sharded
 from normlib.models import MLP, VGG, ResNet, has_activation_norm
 
 __all__ = [
@@ -771,11 +777,22 @@ def training_map(
     device: torch.device | str | None = None,
     cache: ResultCache | bool | None = True,
     progress: bool | None = None,
+    shard: bool | None = None,
+    process_group=None,
 ) -> list[MapEntry]:
     """Figure 1 of :cite:t:`lubana2021beyond`: each configuration at its largest stable rate.
 
     For each configuration, :func:`largest_stable_lr` over all ``seeds``; the entry keeps the
-    runs of every seed at that rate. Keyword arguments as :func:`largest_stable_lr`.
+    runs of every seed at that rate. Keyword arguments as :func:`largest_stable_lr`, and:
+
+    Args:
+        shard: ``None`` (default): when ``torch.distributed`` is initialized with more than one
+            rank (``torchrun --nproc-per-node K``, on one node or several), rank ``r`` searches
+            the configurations ``r, r + K, ...``, stores its runs in the cache, and the entries
+            are gathered, so every rank returns the whole map, equal to a one-process run;
+            every rank must call it with the same arguments. ``False``: every rank runs every
+            configuration. ``True``: shard, and raise without a process group.
+        process_group: the ranks that share the configurations (default: the default group).
 
     Raises:
         ValueError: if ``seeds`` is empty.
@@ -787,8 +804,14 @@ def training_map(
     store = _as_cache(cache)
     kwargs = {"probe_epochs": probe_epochs, "data": data, "device": device,
               "cache": store if store is not None else False, "progress": progress}
-    return [MapEntry(config, largest_stable_lr(config, lrs, seeds, **kwargs))
-            for config in _progress(configs, len(configs), progress, "training map", leave=True)]
+
+    def search(config: TrainConfig) -> MapEntry:
+        return MapEntry(config, largest_stable_lr(config, lrs, seeds, **kwargs))
+
+    def bar(jobs, total):
+        return _progress(jobs, total, progress, "training map", leave=True)
+
+    return map_sharded(search, configs, shard=shard, process_group=process_group, bar=bar)
 
 
 def results_frame(entries: Iterable[MapEntry]):

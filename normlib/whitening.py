@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from normlib._checks import check_eps, check_positive_int
-from normlib.framework import BATCH, GROUP, Affine, Operation, Partition, normalize
+from normlib.framework import BATCH, GROUP, Affine, Operation, Partition, batch_sync, normalize
 from normlib.functional import _check_arguments
 from normlib.layers import NormLayer
 from normlib.registry import register_norm
@@ -495,8 +495,7 @@ def whitening_matrix(cov: Tensor, method: str = "zca", eps: float = 1e-5,
     check_positive_int("iterations", iterations)
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"cov must have shape (..., d, d), got {tuple(cov.shape)}")
-    # The check reads a value back from the tensor: skipped while torch.compile traces (a graph
-    # break); eager runs always check.
+    # A data-dependent check: skipped while torch.compile or torch.export trace the layer.
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(cov).all()):
         raise ValueError(
             f"cannot whiten: the {tuple(cov.shape[-2:])} covariance has non-finite entries, so the "
@@ -640,8 +639,11 @@ class Whiten(Operation):
 
     def statistics(self, xv: Tensor, partition: Partition) -> dict[str, Tensor]:
         mat = self.matrix(xv, partition)
-        _check_samples(mat.shape[-1], mat.shape[-2], xv.shape)
-        mean, cov = covariance(mat)
+        if partition.pool_batch and (sync := batch_sync()) is not None:  # hook: over ranks
+            mean, cov = sync.covariance(mat)
+        else:
+            _check_samples(mat.shape[-1], mat.shape[-2], xv.shape)
+            mean, cov = covariance(mat)
         g = whitening_matrix(cov, self.method, self.eps, self.iterations)
         return {"mean": mean, "cov": cov, "whitening": g}
 
@@ -746,7 +748,7 @@ def batch_whitening(
     stat = "covariance" if running_cov is not None else "whitening"
     op = Whiten(method, g, eps, iterations, stat)
     use_batch = training or running_mean is None
-    if use_batch:
+    if use_batch and batch_sync() is None:  # synchronized: the global count is checked instead
         _check_samples(x.numel() // c, g, x.shape)
     running = None if running_mean is None else {"mean": running_mean, op.keys[1]: matrix_buffer}
     return normalize(x, BATCH, op, _affine(weight, bias), running=running,

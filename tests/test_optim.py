@@ -91,7 +91,8 @@ def test_lamb_takes_the_same_steps_as_pytorch_optimizer_lamb(decoupled, weight_d
                                                              large_weights):
     # pytorch-optimizer's Lamb: no bias correction with adam_debias=True (its default
     # divides the step by 1 - beta1^t only); weight_decouple=False is the paper's
-    # u = r + wd w; the weight norm is clipped at 10 (our max_weight_norm=10).
+    # u = r + wd w; the weight norm is clipped at 10 (our max_weight_norm=10); it
+    # trust-scales and decays every tensor (our exclude_vectors=False).
     ours, x, y = _problem()
     if large_weights:  # exercise the clipping of ||w|| at 10
         with torch.no_grad():
@@ -99,7 +100,7 @@ def test_lamb_takes_the_same_steps_as_pytorch_optimizer_lamb(decoupled, weight_d
     theirs, start = copy.deepcopy(ours), copy.deepcopy(ours)
     kw = dict(lr=0.02, betas=(0.9, 0.99), eps=1e-6, weight_decay=weight_decay)
     _train(ours, no.LAMB(ours.parameters(), bias_correction=False, max_weight_norm=10.0,
-                         decoupled_weight_decay=decoupled, **kw), x, y, 6)
+                         decoupled_weight_decay=decoupled, exclude_vectors=False, **kw), x, y, 6)
     _train(theirs, PeerLamb(theirs.parameters(), adam_debias=True, weight_decouple=decoupled,
                             **kw), x, y, 6)
     _assert_moved(ours, start)
@@ -147,7 +148,7 @@ def _grads_along_path(opt_cls, kw, steps):
 
 @pytest.mark.parametrize("opt_cls, lans", [(no.LAMB, False), (no.LANS, True)])
 def test_lamb_and_lans_with_bias_correction_match_the_papers_algorithms(opt_cls, lans):
-    kw = dict(lr=0.01, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    kw = dict(lr=0.01, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01, exclude_vectors=False)
     start, grads, end = _grads_along_path(opt_cls, kw, 5)
     expected = _reference_lamb(start, grads, 0.01, 0.9, 0.99, 1e-6, 0.01, nesterov_lans=lans)
     for got, want in zip(end, expected):
@@ -428,3 +429,182 @@ def test_relative_updates_leave_model_grads_buffers_and_optimizer_state_as_found
     for i, s in state["state"].items():
         for key, value in s.items():
             assert torch.equal(torch.as_tensor(after["state"][i][key]), torch.as_tensor(value)), key
+
+
+# ------------------------------------------ excluding norm and bias parameters: one rule
+
+
+def _normalized_net(seed: int = 0):
+    """Conv -> BN -> conv -> GN -> pool -> LN -> linear, float64, with biases on the convs."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(8), nn.Linear(8, 3),
+    ).to(DT)
+
+
+def _net_problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (_normalized_net(seed), torch.randn(16, 3, 6, 6, generator=g, dtype=DT),
+            torch.randn(16, 3, generator=g, dtype=DT))
+
+
+_ADAPTIVE = {
+    "lars": lambda ps, wd: no.LARS(ps, lr=0.5, momentum=0.9, weight_decay=wd, trust_coefficient=1e-2),
+    "lamb": lambda ps, wd: no.LAMB(ps, lr=0.01, weight_decay=wd),
+    "lamb_decoupled": lambda ps, wd: no.LAMB(ps, lr=0.01, weight_decay=wd, decoupled_weight_decay=True),
+    "lans": lambda ps, wd: no.LANS(ps, lr=0.01, weight_decay=wd),
+}
+
+
+def test_param_groups_put_norm_parameters_and_biases_in_the_excluded_group():
+    model = _normalized_net()
+    decay, excluded = no.param_groups(model, weight_decay=0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == ["0.weight", "3.weight", "9.weight"]
+    assert sorted(names[id(p)] for p in excluded["params"]) == sorted(
+        ["0.bias", "1.weight", "1.bias", "3.bias", "4.weight", "4.bias", "8.weight", "8.bias", "9.bias"])
+    assert (decay["weight_decay"], decay["exclude"]) == (0.05, False)
+    assert (excluded["weight_decay"], excluded["exclude"]) == (0.0, True)
+    # every trainable parameter once, in the order of named_parameters within each group
+    assert len(decay["params"]) + len(excluded["params"]) == len(list(model.parameters()))
+
+
+def test_param_groups_find_normlib_normalizers_by_type_not_by_shape():
+    from normlib.models import resnet20
+    from normlib.multimode import ModeNorm
+    from normlib.recovery import AttentiveNorm
+
+    attentive, mode = AttentiveNorm(8), ModeNorm(8)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), attentive, mode)
+    decay, excluded = no.param_groups(model)
+    excluded_ids = {id(p) for p in excluded["params"]}
+    assert attentive.weight.ndim == 2 and id(attentive.weight) in excluded_ids  # 2-D, but a normalizer's
+    assert id(mode.weight) in excluded_ids and id(mode.gate.bias) in excluded_ids
+    assert id(mode.gate.weight) in {id(p) for p in decay["params"]}  # the gate's Linear is a layer
+    # normlib's BatchNorm in a ResNet: every scale and shift excluded, every conv weight decayed
+    net = resnet20(width=4, norm="bn")
+    decay, excluded = no.param_groups(net)
+    assert all(p.ndim == 4 or p is net.head.weight for p in decay["params"])
+    assert all(p.ndim == 1 for p in excluded["params"])
+    assert len(excluded["params"]) == sum(p.ndim == 1 for p in net.parameters())
+
+
+def test_param_groups_exclude_the_gains_of_weight_normalizers_but_not_their_directions():
+    from normlib.models import VGG
+
+    model = VGG(3, 2, depth=3, width=4, norm="wn")
+    decay, excluded = no.param_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in excluded["params"]} == {"original0", "bias"}
+    assert sum(names[id(p)].endswith("original1") for p in decay["params"]) == 3
+    torch_wn = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 3, bias=False)))
+    decay, excluded = no.param_groups(torch_wn)
+    assert [p.shape for p in excluded["params"]] == [torch.Size([3, 1])]  # g
+    sws = VGG(3, 2, depth=3, width=4, norm="sws")
+    _, excluded = no.param_groups(sws)
+    assert sum("gain" in n for n, p in sws.named_parameters()
+               if id(p) in {id(q) for q in excluded["params"]}) == 3
+
+
+def test_param_groups_on_a_torch_transformer_layer_with_names_types_and_rules():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    decay, excluded = no.param_groups(layer, weight_decay=0.1)
+    names = {id(p): n for n, p in layer.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == sorted(
+        ["self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight"])
+    assert all(names[id(p)].endswith("bias") or names[id(p)].startswith("norm")
+               for p in excluded["params"])
+    # a name pattern, a module type, timm's no_weight_decay() and the ndim rule
+    _, ex = no.param_groups(layer, no_weight_decay=["linear*.weight"])
+    assert {"linear1.weight", "linear2.weight"} <= {names[id(p)] for p in ex["params"]}
+    _, ex = no.param_groups(layer, exclude=("bias", nn.LayerNorm))
+    assert len(ex["params"]) == len(excluded["params"])
+    layer.no_weight_decay = lambda: {"self_attn.in_proj_weight"}
+    _, ex = no.param_groups(layer)
+    assert "self_attn.in_proj_weight" in {names[id(p)] for p in ex["params"]}
+    (only,) = no.param_groups(nn.Linear(3, 2, bias=False), exclude=("vectors",))
+    assert only["exclude"] is False
+    frozen = nn.Linear(3, 2)
+    frozen.bias.requires_grad_(False)
+    assert [len(g["params"]) for g in no.param_groups(frozen)] == [1]
+
+
+@pytest.mark.parametrize("exclude, error", [(("norms",), ValueError), ((nn.Linear(2, 2),), ValueError),
+                                            (3, TypeError)])
+def test_param_groups_reject_unknown_rules(exclude, error):
+    with pytest.raises(error, match="exclude must be"):
+        no.param_groups(nn.Linear(2, 2), exclude=exclude)
+    with pytest.raises(TypeError, match="model must be"):
+        no.param_groups([nn.Linear(2, 2)])
+
+
+@pytest.mark.parametrize("name", sorted(_ADAPTIVE))
+def test_excluded_parameters_get_no_weight_decay_and_no_trust_ratio(name):
+    # one step from the same start: an excluded parameter's step does not depend on the
+    # weight decay, an included one's does; every excluded trust ratio is 1
+    steps = {}
+    for wd in (0.0, 0.5):
+        model, x, y = _net_problem()
+        opt = _ADAPTIVE[name](no.param_groups(model, wd), wd)
+        _train(model, opt, x, y, 1)
+        steps[wd] = dict(model.named_parameters())
+        excluded = opt.param_groups[1]["params"]
+        assert all(float(opt.state[p]["trust_ratio"]) == 1.0 for p in excluded)
+    for n, p in steps[0.0].items():
+        same = torch.equal(p, steps[0.5][n])
+        is_norm_or_bias = n.endswith("bias") or n.split(".")[0] in ("1", "4", "8")
+        assert same == is_norm_or_bias, n
+
+
+@pytest.mark.parametrize("name", sorted(_ADAPTIVE))
+def test_the_shape_rule_and_the_type_rule_agree_where_norm_parameters_are_vectors(name):
+    ours, x, y = _net_problem()
+    ref = copy.deepcopy(ours)
+    _train(ours, _ADAPTIVE[name](ours.parameters(), 0.05), x, y, 4)        # exclude_vectors=True
+    _train(ref, _ADAPTIVE[name](no.param_groups(ref, 0.05), 0.05), x, y, 4)  # by type and name
+    _assert_same_params(ours, ref, atol=0.0)
+
+
+def test_excluded_lamb_parameters_take_adams_step_and_excluded_lars_parameters_sgds():
+    model, x, y = _net_problem()
+    adam_ref, sgd_ref, lars_model = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
+    _train(model, no.LAMB(no.param_groups(model, 0.1), lr=0.01, betas=(0.9, 0.99), eps=1e-6), x, y, 1)
+    _train(adam_ref, torch.optim.Adam(adam_ref.parameters(), lr=0.01, betas=(0.9, 0.99), eps=1e-6), x, y, 1)
+    _train(lars_model, no.LARS(no.param_groups(lars_model, 0.1), lr=0.1, momentum=0.9), x, y, 1)
+    _train(sgd_ref, torch.optim.SGD(sgd_ref.parameters(), lr=0.1, momentum=0.9), x, y, 1)
+    for n, p in model.named_parameters():
+        if n.endswith("bias") or n.split(".")[0] in ("1", "4", "8"):
+            torch.testing.assert_close(p, dict(adam_ref.named_parameters())[n], rtol=0, atol=TOL)
+            torch.testing.assert_close(dict(lars_model.named_parameters())[n],
+                                       dict(sgd_ref.named_parameters())[n], rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("name", sorted(_ADAPTIVE))
+def test_a_groups_exclude_key_overrides_the_shape_rule(name):
+    model, x, y = _problem()
+    start = copy.deepcopy(model)
+    opt = _ADAPTIVE[name]([{"params": [model[0].bias], "exclude": False},
+                           {"params": [model[0].weight], "exclude": True},
+                           {"params": list(model[2].parameters())}], 0.1)
+    _train(model, opt, x, y, 1)
+    assert float(opt.state[model[0].weight]["trust_ratio"]) == 1.0
+    assert float(opt.state[model[2].bias]["trust_ratio"]) == 1.0  # no key: a vector is excluded
+    assert float(opt.state[model[0].bias]["trust_ratio"]) != 1.0
+    assert float(opt.state[model[2].weight]["trust_ratio"]) != 1.0
+    _assert_moved(model, start)
+
+
+def test_param_groups_work_with_torch_optimizers():
+    model, x, y = _net_problem()
+    ref = copy.deepcopy(model)
+    _train(model, torch.optim.AdamW(no.param_groups(model, 0.1), lr=0.01), x, y, 2)
+    wd = {id(p): 0.1 for p in ref.parameters()}
+    for g in no.param_groups(ref, 0.1):
+        for p in g["params"]:
+            wd[id(p)] = g["weight_decay"]
+    groups = [{"params": [p], "weight_decay": wd[id(p)]} for p in ref.parameters()]
+    _train(ref, torch.optim.AdamW(groups, lr=0.01), x, y, 2)
+    _assert_same_params(model, ref, atol=0.0)

@@ -365,8 +365,8 @@ def test_probe_errors_are_clear():
         probe(MLP(5, 3, width=8, depth=2), x, at=nn.Conv2d)
     with pytest.raises(ValueError, match="mode"):
         probe(MLP(5, 3, width=8, depth=2), x, mode="test")
-    with pytest.raises(ValueError, match="neither .blocks nor .layers"):
-        probe(nn.Sequential(nn.Linear(5, 2)), x)
+    with pytest.raises(ValueError, match="no residual blocks, repeated layers, normalization"):
+        probe(nn.Sequential(nn.ReLU(), nn.Tanh()), x)
     with pytest.raises(TypeError, match="nn.Module"):
         probe("model", x)
     with pytest.raises(ValueError, match="never reached"):

@@ -67,6 +67,26 @@ def _worker(rank, world_size, port, backend, threads, fn, args, kwargs, results,
         results.put((rank, False, traceback.format_exc()))
 
 
+def _failures(rank: int, value: str, results, grace: float = 3.0) -> str:
+    """The tracebacks of every rank that failed within ``grace`` seconds, root causes first.
+
+    When one rank raises, the others fail next inside a collective ("connection closed by
+    peer"); that rank's own error is the one worth reading, whichever arrived first.
+    """
+    failed = [(rank, value)]
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            r, ok, v = results.get(timeout=max(end - time.monotonic(), 0.01))
+        except _queue.Empty:
+            break
+        if not ok:
+            failed.append((r, v))
+    secondary = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    failed.sort(key=lambda f: any(s in f[1] for s in secondary))
+    return "\n".join(f"rank {r} raised:\n{v}" for r, v in failed)
+
+
 def run_local(fn: Callable, world_size: int = 2, *args: Any, backend: str = "gloo",
               timeout: float = 180.0, threads: int = 1, **kwargs: Any) -> list:
     """Run ``fn(*args, **kwargs)`` in ``world_size`` processes on this machine, one rank each.
@@ -117,10 +137,11 @@ def run_local(fn: Callable, world_size: int = 2, *args: Any, backend: str = "glo
                 dead = [r for r, p in enumerate(procs) if r not in out and p.exitcode not in (None, 0)]
                 if dead:
                     raise DistributedRunError(
-                        f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without a result")
+                        f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without a result"
+                    ) from None
                 continue
             if not ok:
-                raise DistributedRunError(f"rank {rank} raised:\n{value}")
+                raise DistributedRunError(_failures(rank, value, results))
             out[rank] = value
         for p in procs:
             p.join(timeout=max(1.0, deadline - time.monotonic()))

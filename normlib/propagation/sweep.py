@@ -13,6 +13,11 @@ and a different salt, so for one seed every normalizer sees the same inputs,
 and models that differ only in their normalizer start from the same weights.
 Without a ``"seed"`` key the seed is 0.
 
+Under ``torchrun --nproc-per-node K`` (an initialized ``torch.distributed`` process group),
+every rank probes a share of the configurations (round-robin by index) and every rank returns
+the whole table, equal to the table of one process (see
+:func:`normlib.distributed.sharding.map_sharded`); without a process group nothing changes.
+
 Used by chapters "Stable forward propagation", "Informative forward
 propagation" and "Stable backward propagation".
 
@@ -42,6 +47,7 @@ from tqdm.auto import tqdm
 
 from normlib._checks import check_nonnegative_int
 from normlib.device import seed_everything
+from normlib.distributed.sharding import map_sharded
 from normlib.propagation.probe import probe
 
 __all__ = ["sweep", "grid_configurations", "derived_seed", "growth_rate"]
@@ -100,6 +106,8 @@ def sweep(
     dtype: torch.dtype | None = None,
     progress: bool = True,
     desc: str = "probing",
+    shard: bool | None = None,
+    process_group=None,
     **probe_kwargs,
 ) -> pd.DataFrame:
     """Probe every configuration of ``grid``; return one tidy table.
@@ -115,6 +123,12 @@ def sweep(
         dtype: cast the model and floating point inputs to this dtype (e.g. ``torch.float64``).
         progress: show a progress bar.
         desc: the progress bar's label.
+        shard: ``None`` (default): when ``torch.distributed`` is initialized with more than
+            one rank, each rank probes the configurations ``rank, rank + K, ...`` and the
+            tables are gathered, so every rank returns the full table, equal to a one-process
+            run; every rank must then call :func:`sweep` with the same grid. ``False``: every
+            rank runs the whole grid. ``True``: shard, and raise without a process group.
+        process_group: the ranks that share the grid (default: the default group).
         **probe_kwargs: passed to :func:`~normlib.propagation.probe.probe` (``at``, ``mode``,
             ``backward``, ``loss_fn``, ``include_input``, ``rtol``).
 
@@ -130,8 +144,8 @@ def sweep(
         raise TypeError("make_model and make_inputs must be callables taking the grid's keys")
     configs = grid_configurations(grid)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    tables = []
-    for config in tqdm(configs, desc=desc, disable=not progress):
+
+    def run(config: dict) -> pd.DataFrame:
         seed = config.get("seed", 0)
         seed_everything(derived_seed(seed, "inputs"))
         inputs = _to(make_inputs(**config), device, dtype)
@@ -143,7 +157,12 @@ def sweep(
         table = probe(model, inputs, **probe_kwargs)
         for i, (key, value) in enumerate(config.items()):
             table.insert(i, key, [value] * len(table))
-        tables.append(table)
+        return table
+
+    def bar(jobs, total):
+        return tqdm(jobs, total=total, desc=desc, disable=not progress)
+
+    tables = map_sharded(run, configs, shard=shard, process_group=process_group, bar=bar)
     return pd.concat(tables, ignore_index=True)
 
 
