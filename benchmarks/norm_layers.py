@@ -1,6 +1,6 @@
 """Forward+backward time of normlib's BN, LN, IN, GN divided by torch's, side by side.
 
-    .venv/bin/python benchmarks/norm_layers.py [--device cuda] [--repeats 15]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/norm_layers.py [--device cuda] [--repeats 15]
 
 For each layer and shape, three modules run interleaved in one process: torch's
 own layer, normlib's layer on its default path (torch's kernel where the

@@ -1,6 +1,6 @@
 """Forward+backward time and whitening error of batch whitening methods, side by side.
 
-    .venv/bin/python benchmarks/whitening.py [--channels 512] [--group-size 64] [--batch 256]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/whitening.py [--channels 512] [--group-size 64] [--batch 256]
                                              [--iterations 5] [--repeats 30] [--device cpu]
                                              [--threads N]
 

@@ -460,7 +460,8 @@ def population_norm(
         weight: ``(C,)`` or ``None``.
         bias: ``(C,)`` or ``None``.
         training: update the estimates from ``x`` before using them.
-        momentum: weight of the new batch in the estimates.
+        momentum: weight of the new batch in the estimates: a float in ``[0, 1]``, or a
+            0-dim tensor (a cumulative average ``1 / n`` kept on the device).
         eps: added to the variance.
 
     Returns:
@@ -478,12 +479,15 @@ def population_norm(
     """
     if running_mean is None:
         raise ValueError("running_mean is required: population normalization has no batch mode")
+    if isinstance(momentum, Tensor) and momentum.dim() != 0:
+        raise ValueError(f"momentum must be a float or a 0-dim tensor, got a tensor of shape "
+                         f"{tuple(momentum.shape)}; pass a float such as momentum=0.1")
     c = _check_arguments(
         x,
         per_channel={"weight": weight, "bias": bias},
         running={"running_mean": running_mean, "running_var": running_var},
         eps=eps,
-        momentum=momentum,
+        momentum=_SKIP if isinstance(momentum, Tensor) else momentum,
     )
     if training and running_var is not None:
         # One value per channel has no variance: the estimate would be driven toward 0.
@@ -749,17 +753,22 @@ def positional_norm(
     weight: Tensor | None = None,
     bias: Tensor | None = None,
     eps: float = 1e-5,
+    backend: str = "auto",
 ) -> Tensor:
     """Positional Normalization (Li et al., 2019): per sample and position over channels.
 
     Framework: partition ``POSITIONAL``, ``Standardize``, ``Affine``. On an
-    ``(N, C)`` input it equals LayerNorm.
+    ``(N, C)`` input it equals LayerNorm. With ``backend="auto"`` it runs as timm's
+    ``LayerNorm2d`` does: the channels moved last (a view), torch's layer-norm kernel over
+    them, and moved back (a view again: the output has the channels-last memory layout of
+    that kernel's result, as timm's has).
 
     Args:
         x: ``(N, C, *)``.
         weight: ``(C,)`` or ``None``.
         bias: ``(C,)`` or ``None``.
         eps: added to the variance.
+        backend: ``"auto"`` (torch's layer-norm kernel) or ``"framework"``.
 
     Returns:
         a tensor like ``x``.
@@ -769,7 +778,13 @@ def positional_norm(
         >>> y.mean(dim=1).abs().max().item() < 1e-5
         True
     """
-    _check_arguments(x, per_channel={"weight": weight, "bias": bias}, eps=eps)
+    c = _check_arguments(x, per_channel={"weight": weight, "bias": bias}, eps=eps,
+                         backend=backend)
+    if backend == "auto" and x.dim() > 2:
+        xc = _torch_ready(x, weight, bias)
+        if xc is not None:
+            last = xc.movedim(1, -1)
+            return F.layer_norm(last, (c,), weight, bias, eps).movedim(-1, 1).to(x.dtype)
     return normalize(x, POSITIONAL, Standardize(eps), _affine(weight, bias))
 
 

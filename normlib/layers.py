@@ -481,8 +481,16 @@ class PopulationNorm(NormLayer):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         running_var = None if self.center_only else self.running_var
+        if self.momentum is None and self.training:
+            # The cumulative average of _momentum, with the factor 1 / n kept a tensor: no
+            # read-back of the counter, so torch.compile traces it without a graph break.
+            self.num_batches_tracked.add_(1)
+            dtype = NF.compute_dtype(self.running_mean.dtype)
+            momentum = 1.0 / self.num_batches_tracked.to(dtype)
+        else:
+            momentum = self._momentum()
         return NF.population_norm(x, self.running_mean, running_var, self.weight, self.bias,
-                                  self.training, self._momentum(), self.eps)
+                                  self.training, momentum, self.eps)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", center_only={self.center_only}"

@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -167,9 +166,10 @@ def _inverse_sqrt_frechet(evecs: Tensor, s: Tensor, g: Tensor) -> Tensor:
     # First divided differences of t^{-1/2}: (f(a) - f(b)) / (a - b) = -1 / (sa sb (sa + sb)),
     # equal to f'(a) on the diagonal and for repeated eigenvalues alike.
     si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
-    loewner = -1.0 / (si * sj * (si + sj))
-    inner = evecs.transpose(-1, -2) @ _sym(g) @ evecs
-    return evecs @ (loewner * inner) @ evecs.transpose(-1, -2)
+    # U^T sym(G) U = sym(U^T G U): symmetrized after the products, on the small result
+    inner = evecs.transpose(-1, -2) @ g @ evecs
+    inner = (inner + inner.transpose(-1, -2)) * (-0.5 / (si * sj * (si + sj)))
+    return evecs @ inner @ evecs.transpose(-1, -2)
 
 
 def _inverse_sqrt_second_frechet(evecs: Tensor, s: Tensor, e: Tensor, g: Tensor) -> Tensor:
@@ -206,15 +206,17 @@ class _full_precision:
 
     def __init__(self, a: Tensor):
         self.a = a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
-        self.ctx = torch.autocast(a.device.type, enabled=False) if a.device.type in ("cpu", "cuda") \
-            else contextlib.nullcontext()
+        # Only where autocast is on: entering a context is a graph break under torch.compile.
+        on = a.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(a.device.type)
+        self.ctx = torch.autocast(a.device.type, enabled=False) if on else None
 
     def __enter__(self) -> Tensor:
-        self.ctx.__enter__()
+        if self.ctx is not None:
+            self.ctx.__enter__()
         return self.a
 
     def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc)
+        return None if self.ctx is None else self.ctx.__exit__(*exc)
 
 
 class _InverseSqrtSymmetric(torch.autograd.Function):
@@ -232,8 +234,10 @@ class _InverseSqrtSymmetric(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         a, evecs, s = ctx.saved_tensors
         grad = grad.to(evecs.dtype)  # under autocast the incoming gradient may be lower precision
-        # Through a Function of its own, so that a second backward pass (Hessian-vector
-        # products) differentiates the Frechet derivative exactly instead of dropping it.
+        if not torch.is_grad_enabled():  # a plain backward pass: the formula itself
+            return _inverse_sqrt_frechet(evecs, s, grad), None
+        # create_graph=True: through a Function of its own, so that a second backward pass
+        # (Hessian-vector products) differentiates the Frechet derivative exactly.
         return _InverseSqrtFrechet.apply(a, grad, evecs, s), None
 
 
@@ -345,7 +349,8 @@ class _BroadenedEigh(torch.autograd.Function):
             "mode='eval' (running statistics), or ZCA, Cholesky or IterNorm whitening", a, *given)
 
 
-def _iternorm_matrix(cov: Tensor, iterations: int) -> Tensor:
+def _iternorm_matrix_composed(cov: Tensor, iterations: int) -> Tensor:
+    """IterNorm's whitening matrix in plain tensor operations (autograd differentiates it)."""
     trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True).unsqueeze(-1)
     cov_n = cov / trace
     eye = _identity_like(cov)
@@ -365,6 +370,86 @@ def _iternorm_matrix(cov: Tensor, iterations: int) -> Tensor:
         if k < iterations - 1:
             y = y @ t
     return z / trace.sqrt()
+
+
+class _IterNormMatrix(torch.autograd.Function):
+    """IterNorm's ``P_T / sqrt(tr Sigma)`` with a hand-derived backward through the iterations.
+
+    Forward as :func:`_iternorm_matrix_composed` (coupled Newton-Schulz, ``3T - 3`` batched
+    products), keeping the iterates. Backward: the adjoint of each step
+    ``T = 3/2 I - Z Y / 2``, ``Z' = T Z``, ``Y' = Y T`` in reverse (Huang et al., 2019,
+    Appendix: the back-propagation through the Newton iterations),
+
+        G_T = G_Z' Z^T + Y^T G_Y',   G_Z = T^T G_Z' - G_T Y^T / 2,   G_Y = G_Y' T^T - Z^T G_T / 2,
+
+    each sum one fused ``baddbmm``, then through ``Sigma_N = Sigma / tr Sigma`` and the final
+    ``1 / sqrt(tr Sigma)``. A second derivative (``create_graph=True``) differentiates the
+    composition with autograd instead.
+    """
+
+    @staticmethod
+    def forward(ctx, cov: Tensor, iterations: int) -> Tensor:
+        d = cov.shape[-1]
+        trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+        cov_n = (cov / trace).reshape(-1, d, d)
+        t = cov_n * -0.5
+        t.diagonal(dim1=-2, dim2=-1).add_(1.5)
+        ts, zs, ys = [t], [t], [torch.bmm(cov_n, t) if iterations > 1 else cov_n]
+        for k in range(1, iterations):
+            # T = 3/2 I - Z Y / 2: the product scaled in place, 3/2 added on the diagonal only
+            t = torch.bmm(zs[-1], ys[-1]).mul_(-0.5)
+            t.diagonal(dim1=-2, dim2=-1).add_(1.5)
+            ts.append(t)
+            zs.append(torch.bmm(t, zs[-1]))
+            if k < iterations - 1:
+                ys.append(torch.bmm(ys[-1], t))
+        z = zs[-1]
+        ctx.iterations = iterations
+        ctx.save_for_backward(cov, trace, cov_n, *ts, *zs, *ys)
+        return (z.reshape(cov.shape)) / trace.sqrt()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        cov, trace, cov_n, *rest = ctx.saved_tensors
+        iterations = ctx.iterations
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                out = _iternorm_matrix_composed(cov, iterations)
+                (grad_cov,) = torch.autograd.grad(out, cov, grad, create_graph=True)
+            return grad_cov, None
+        ts, zs, ys = rest[:iterations], rest[iterations:2 * iterations], rest[2 * iterations:]
+        d = cov.shape[-1]
+        grad = grad.to(cov.dtype).reshape(-1, d, d)
+        inv_sqrt = trace.rsqrt().reshape(-1, 1, 1)
+        mT = lambda m: m.transpose(-1, -2)  # noqa: E731
+        # out = Z / sqrt(tr): the trace's share, then G_Z
+        grad_trace = -0.5 * (grad * zs[-1]).sum((-1, -2), keepdim=True) * inv_sqrt ** 3
+        gz, gy = grad * inv_sqrt, None
+        for k in range(iterations - 1, 0, -1):
+            t, z, y = ts[k], zs[k - 1], ys[k - 1]
+            # each sum accumulated in place into the first product (no copy of an input)
+            gt = torch.bmm(gz, mT(z)) if gy is None else torch.bmm(mT(y), gy).baddbmm_(gz, mT(z))
+            new_gz = torch.bmm(mT(t), gz).baddbmm_(gt, mT(y), alpha=-0.5)
+            new_gy = torch.bmm(mT(z), gt).mul_(-0.5) if gy is None else \
+                torch.bmm(gy, mT(t)).baddbmm_(mT(z), gt, alpha=-0.5)
+            gz, gy = new_gz, new_gy
+        # T_0 = 3/2 I - Sigma_N / 2 = Z_0, Y_0 = Sigma_N T_0
+        if gy is None:
+            grad_n = -0.5 * gz
+        else:
+            gt0 = torch.bmm(mT(cov_n), gy).add_(gz)
+            grad_n = torch.bmm(gy, mT(ts[0])).add_(gt0, alpha=-0.5)
+        # Sigma_N = Sigma / tr Sigma
+        trace_flat = trace.reshape(-1, 1, 1)
+        grad_trace = grad_trace - (grad_n * cov_n).sum((-1, -2), keepdim=True) / trace_flat
+        grad_cov = grad_n / trace_flat
+        grad_cov = grad_cov + grad_trace * torch.eye(d, dtype=cov.dtype, device=cov.device)
+        return grad_cov.reshape(cov.shape), None
+
+
+def _iternorm_matrix(cov: Tensor, iterations: int) -> Tensor:
+    """IterNorm's whitening matrix of ``cov`` (``eps`` already added), ``(..., d, d)``."""
+    return _IterNormMatrix.apply(cov, iterations)
 
 
 def whitening_matrix(cov: Tensor, method: str = "zca", eps: float = 1e-5,

@@ -224,3 +224,80 @@ def test_functional_default_and_framework_paths_agree_for_every_dispatching_func
     ]
     for call in calls:
         torch.testing.assert_close(call("auto"), call("framework"), atol=1e-12, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the fused path
+
+
+def _composed(x, partition, op, weight, bias):
+    """Standardize then Affine, step by step in plain tensor operations (the oracle)."""
+    xv = partition.view(x)
+    dims = partition.dims
+    out = xv
+    if op.center:
+        out = out - xv.mean(dim=dims, keepdim=True)
+    if op.scale:
+        out = out / torch.sqrt((out * out).mean(dim=dims, keepdim=True) + op.eps)
+    shape = (1, xv.shape[1], xv.shape[2], 1)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out.reshape(x.shape)
+
+
+FUSED_CASES = (
+    [(p, center, scale, True, True)
+     for p in (BATCH, LAYER, INSTANCE, GROUP(3), BATCH_GROUP(2), POSITIONAL)
+     for center, scale in ((True, True), (False, True), (True, False))]
+    + [(p, True, True, w, b) for p in (BATCH, GROUP(3))
+       for w, b in ((True, False), (False, True), (False, False))]
+)
+
+
+@pytest.mark.parametrize("partition, center, scale, has_weight, has_bias", FUSED_CASES)
+def test_fused_standardize_affine_equals_the_composition_with_gradients(
+        partition, center, scale, has_weight, has_bias):
+    # The hand-derived backward of the one-function path against autograd of the steps,
+    # first derivatives (gradcheck) and second ones (Hessian-vector products recompute).
+    torch.manual_seed(0)
+    x = (torch.randn(2, C, 1, 3, dtype=F64) * 2 + 3).requires_grad_()
+    weight = torch.randn(C, dtype=F64, requires_grad=True) if has_weight else None
+    bias = torch.randn(C, dtype=F64, requires_grad=True) if has_bias else None
+    op = Standardize(1e-3, center=center, scale=scale)
+    inputs = tuple(t for t in (x, weight, bias) if t is not None)
+
+    def fused(*args):
+        it = iter(args)
+        xx = next(it)
+        w = next(it) if has_weight else None
+        b = next(it) if has_bias else None
+        recovery = Affine(w, b) if (w is not None or b is not None) else None
+        return normalize(xx, partition, op, recovery)
+
+    expected = _composed(x, partition, op, weight, bias)
+    torch.testing.assert_close(fused(*inputs), expected)
+    assert torch.autograd.gradcheck(fused, inputs)
+    if has_weight and has_bias and center and scale and partition in (BATCH, GROUP(3)):
+        assert torch.autograd.gradgradcheck(fused, inputs, fast_mode=True)
+
+
+def test_fused_path_returns_statistics_for_running_averages():
+    x = torch.randn(SHAPE, dtype=F64) * 3 + 1
+    mean, var = torch.zeros(C, dtype=F64), torch.ones(C, dtype=F64)
+    normalize(x, BATCH, Standardize(), Affine(torch.ones(C, dtype=F64), None),
+              running={"mean": mean, "var": var}, momentum=1.0)
+    torch.testing.assert_close(mean, x.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(var, x.var(dim=(0, 2, 3), unbiased=True))
+
+
+def test_variance_is_accurate_at_a_large_offset():
+    # Two passes (mean, then the mean of squared deviations): no cancellation at an offset
+    # 1e4 times the spread, where E[x^2] - E[x]^2 in float32 loses every digit.
+    x = torch.randn(2, 4, 64) * 1e-2 + 100.0
+    var, _ = LAYER.var_mean(LAYER.view(x))
+    exact = x.double().var(dim=(1, 2), unbiased=False)
+    torch.testing.assert_close(var.flatten().double(), exact, rtol=1e-3, atol=0)
+    y = normalize(x, LAYER, Standardize(1e-12))
+    expected = (x.double() - x.double().mean(dim=(1, 2), keepdim=True)) / exact.sqrt().reshape(2, 1, 1)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-3, atol=1e-3)

@@ -953,3 +953,37 @@ def test_randomized_parameters_helper_differs_from_default_initialization():
     layer = L.BatchNorm(4)
     randomize_parameters(layer)
     assert not torch.equal(layer.weight, torch.ones(4))
+
+
+def _layer_norm_2d(x, weight, bias, eps=1e-5):
+    """timm's ``LayerNorm2d``: channels last, torch's layer norm over them, channels first."""
+    x = x.permute(0, 2, 3, 1)
+    x = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return x.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("backend", ["auto", "framework"])
+def test_positional_norm_equals_timm_layer_norm_2d_values_and_gradients(backend):
+    torch.manual_seed(0)
+    x = (torch.randn(2, 6, 3, 4, dtype=F64) * 2 + 1).requires_grad_()
+    weight = torch.randn(6, dtype=F64, requires_grad=True)
+    bias = torch.randn(6, dtype=F64, requires_grad=True)
+    y = NF.positional_norm(x, weight, bias, backend=backend)
+    ref = _layer_norm_2d(x, weight, bias)
+    torch.testing.assert_close(y, ref)
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(y, (x, weight, bias), grad),
+                    torch.autograd.grad(ref, (x, weight, bias), grad)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(
+        lambda *t: NF.positional_norm(*t, backend=backend), (x, weight, bias))
+
+
+def test_positional_norm_layer_equals_layer_norm_2d_in_float32():
+    torch.manual_seed(0)
+    layer = L.PositionalNorm(8)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.bias.normal_()
+    x = torch.randn(4, 8, 5, 5)
+    torch.testing.assert_close(layer(x), _layer_norm_2d(x, layer.weight, layer.bias))
