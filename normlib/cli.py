@@ -7,9 +7,11 @@ imports it too, so the registry is one object however the program was started an
 module imports the entry point.
 
 Commands:
-    info      the library version, device, size preset and registered normalizers.
-    diagnose  a model's three properties at initialization, with verdicts (normlib.diagnose):
-              normlib's models or ``--model package.module:factory``; exit status 1 on a failure.
+
+- ``info``: the library version, device, size preset and registered normalizers.
+- ``diagnose``: a model's three properties at initialization, with verdicts
+  (:mod:`normlib.diagnose`), for normlib's models or ``--model package.module:factory``;
+  exit status 1 on a failure.
 """
 
 from __future__ import annotations

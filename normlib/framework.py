@@ -500,7 +500,7 @@ class Standardize(Operation):
         statistics (a few values per group), then one multiply-add touches the activations.
         When ``s`` would be as large as ``xv`` (statistics per position and weights per
         channel, as in Positional Normalization) the two factors are applied in two passes
-        instead. Any other recovery runs after :meth:`apply`.
+        instead. Any other recovery runs after ``apply``.
         """
         if recovery is not None and not isinstance(recovery, Affine):
             return super().apply_recovered(xv, stats, partition, recovery)

@@ -93,7 +93,7 @@ def convert_sync(model: nn.Module, process_group=None) -> nn.Module:
 
     Each normlib layer of ``SYNC_CLASSES`` (exactly that class,
     not a user's subclass of it) becomes its ``Sync`` form, and torch's ``BatchNorm1d/2d/3d``
-    (and ``SyncBatchNorm``) become :class:`SyncBatchNorm`, which
+    (and ``SyncBatchNorm``) become :class:`~normlib.distributed.SyncBatchNorm`, which
     runs on CPU tensors too. Parameters and buffers are the same tensor objects (an optimizer
     built before still updates them), the train/eval mode is kept; batch-independent layers
     (LayerNorm, GroupNorm, ...) and everything else are left as they are. As
