@@ -19,7 +19,8 @@ informative forward    ``similarity``: mean cosine similarity of different      
                        samples at the last probed point; its ``stable_rank``
                        is reported with the verdict
 stable backward        ``gradient_ratio``: weight-gradient norm of the first      exploding early
-                       probed point over that of the last                         gradients
+                       probed point over that of the last; judged by its          gradients
+                       geometric rate per weight layer ``gradient_rate``
 =====================  =========================================================  ===================
 
 **Where the metrics are taken.** All three compare the first and the last probed point of the
@@ -29,18 +30,29 @@ since a stem changes the resolution and the scale of the input, which is not gro
 (the raw output of a ResNet-18's first convolution has a tenth of the variance of its blocks).
 
 **Depth.** The unit of depth is the *weight layer*: a convolution or linear map that the forward
-pass runs (counted by hooks, shortcut projections included). ``variance_rate`` is
-``variance_growth ** (1 / L)`` with ``L`` the weight layers between the first and the last
-body point, so it does not depend on how densely the model is probed: a 30-layer plain CNN
-probed at every layer or at every third has the same rate, and the same verdict.
+pass runs (counted by hooks, shortcut projections included). With ``L`` the weight layers
+between the first and the last body point, the two rates are
+
+* ``variance_rate = variance_growth ** (1 / L)``, the growth of the activation variance per
+  weight layer, forward;
+* ``gradient_rate = gradient_ratio ** (1 / L)``, the growth of the gradient norm per weight
+  layer, backward (from the last body point to the first),
+
+so neither depends on how densely the model is probed: a 30-layer plain CNN probed at every
+layer or at every third has the same rates, a ResNet probed at every block or every second
+block the same gradient rate, and the same verdicts. A deep network that is fine grows a
+little per layer and much in total (a BatchNorm ResNet-56: gradient ratio 12 to 19, rate 1.05);
+the rate, not the total, tells it from one that explodes.
 
 Verdicts are ``ok``, ``warning`` or ``failure``; the limits are the fields of
 :class:`Thresholds`. Variance that grows by a factor above ``explosion_ratio`` at a geometric
 rate above ``explosion_rate`` per weight layer is exponential growth, the failure of
 unnormalized and weight-normalized ResNets (a normalized ResNet grows only linearly, by a few
 percent per layer). Similarity near 1 means that the last layer can hardly tell inputs apart
-(LayerNorm, large groups). A first-layer gradient many times the last one is the gradient
-explosion of Instance Normalization and small groups. When a residual network's branches start
+(LayerNorm, large groups). First-layer gradients that grow by more than ``gradient_explosion_ratio``
+over the body, at a rate above ``gradient_rate_warning`` (warning) or ``gradient_rate_failure``
+(failure) per weight layer, are the gradient explosion of Instance Normalization and small
+groups. When a residual network's branches start
 at zero (SkipInit) their weights receive no gradient at initialization; the ratio of the
 gradients with respect to the activations (``grad_norm``) is used instead, and the metric's
 name says so. A metric that is not finite, or activations or gradients that vanish (Instance
@@ -120,14 +132,32 @@ class Thresholds:
             ResNet-20 and ResNet-56 (1.21 to 1.34 per weight layer on digits, width 8, seeds
             0-2) and weight-normalized ones (1.12 to 1.23, except one ResNet-20 whose growth of
             7.6 stays below ``explosion_ratio``) from normalized ones (BN, LN, GN: 1.05 at most).
+        gradient_explosion_ratio: the first body point's gradient norm over the last one's must
+            exceed this for the backward pass to be flagged at all (3: a short network whose
+            first layer gets twice the last one's gradient is not exploding, whatever its rate).
+        gradient_rate_warning: ``gradient_rate`` (geometric growth of the gradient norm per
+            weight layer, backward) above this: warning. The default 1.08 lies above every
+            BatchNorm ResNet (ResNet-20 and ResNet-56, widths 8 and 16, seeds 0-2, digits and
+            Gaussian 3x16x16 inputs, batches of 32 to 128: 1.031 to 1.062, gradient ratios up
+            to 19) and below Instance Normalization (GroupNorm with group size 1) in the same
+            ResNets on digits (1.086 to 1.137); GroupNorm with groups of 4, 8 or 16 channels,
+            LayerNorm, weight normalization and no normalizer are below 1 (the gradients shrink
+            towards the input). A BatchNorm VGG-20 reaches 1.036 to 1.086 on digits and up to
+            1.093 on Gaussian inputs at width 8: batch normalization's own gradient explosion
+            in a plain network, a warning at most.
+        gradient_rate_failure: above this: failure. The default 1.12 flags Instance
+            Normalization in the VGG-20 of the book (1.139 to 1.217 on digits, widths 8 and
+            16), the configuration that fails to train in the training map; Instance
+            Normalization in a 10-layer VGG (0.99 to 1.084, gradient ratio below 2.1) is not
+            flagged, and in a ResNet on Gaussian 3x16x16 images, where each channel's
+            statistics pool 256 pixels in the first stage, it stays near BatchNorm (1.04 to
+            1.06).
         vanishing_ratio: variance growth below this is a warning (the signal fades).
         degenerate_ratio: a variance growth or gradient ratio below this is a failure: the
             activations or the first layer's gradients vanished (instance normalization of
             vectors, for one, outputs zeros).
         similarity_warning: mean cosine similarity at the last layer above this: warning.
         similarity_failure: above this: failure.
-        gradient_warning: first-over-last gradient ratio above this: warning.
-        gradient_failure: above this: failure.
 
     Raises:
         ValueError: if a limit is not positive or a warning limit exceeds its failure limit.
@@ -139,8 +169,9 @@ class Thresholds:
     degenerate_ratio: float = 1e-12
     similarity_warning: float = 0.85
     similarity_failure: float = 0.95
-    gradient_warning: float = 3.0
-    gradient_failure: float = 10.0
+    gradient_explosion_ratio: float = 3.0
+    gradient_rate_warning: float = 1.08
+    gradient_rate_failure: float = 1.12
 
     def __post_init__(self):
         for f in fields(self):
@@ -152,9 +183,9 @@ class Thresholds:
         if self.similarity_warning > self.similarity_failure:
             raise ValueError(f"similarity_warning={self.similarity_warning} exceeds "
                              f"similarity_failure={self.similarity_failure}")
-        if self.gradient_warning > self.gradient_failure:
-            raise ValueError(f"gradient_warning={self.gradient_warning} exceeds "
-                             f"gradient_failure={self.gradient_failure}")
+        if self.gradient_rate_warning > self.gradient_rate_failure:
+            raise ValueError(f"gradient_rate_warning={self.gradient_rate_warning} exceeds "
+                             f"gradient_rate_failure={self.gradient_rate_failure}")
 
 
 @dataclass(frozen=True)
@@ -309,14 +340,22 @@ def init_metrics(layers: pd.DataFrame) -> dict[str, float]:
         \text{variance\_rate} = (v_b / v_a)^{1/L},
 
     the geometric growth **per weight layer**, whatever the number of points probed in
-    between (with no weight layer between the two points, :math:`L` counts as 1).
+    between (with no weight layer between the two points, :math:`L` counts as 1). Backward,
+    with :math:`g_a, g_b` the weight-gradient norms at the same two points,
+
+    .. math::
+
+        \text{gradient\_ratio} = g_a / g_b, \qquad
+        \text{gradient\_rate} = (g_a / g_b)^{1/L},
+
+    the growth of the gradient per weight layer on its way back to the first point.
 
     Returns:
         dict: ``variance_growth``, ``variance_rate``, ``depth`` (:math:`L`), ``similarity``
         and ``stable_rank`` of the last body point, ``gradient_ratio`` (first over last body
         point's weight-gradient norm; the activation-gradient ratio when the last points get
-        no weight gradient) and ``gradient_of_activations`` (1.0 when that fallback was used,
-        else 0.0).
+        no weight gradient), ``gradient_rate`` (its rate per weight layer) and
+        ``gradient_of_activations`` (1.0 when that fallback was used, else 0.0).
 
     Raises:
         ValueError: if the table has fewer than two body points or lacks a column.
@@ -330,6 +369,8 @@ def init_metrics(layers: pd.DataFrame) -> dict[str, float]:
         >>> m = init_metrics(table)
         >>> m["variance_growth"], m["depth"], m["variance_rate"], m["gradient_ratio"]
         (4.0, 2.0, 2.0, 2.0)
+        >>> round(m["gradient_rate"], 4)  # 2 ** (1 / 2)
+        1.4142
     """
     needed = {"variance", "cosine_similarity", "stable_rank", "grad_norm", "weight_grad_norm",
               "weight_layers"}
@@ -357,6 +398,7 @@ def init_metrics(layers: pd.DataFrame) -> dict[str, float]:
         ratio = agrad[0] / agrad[-1] if agrad[-1] > 0 else math.inf
     else:
         ratio = wgrad[0] / wgrad[-1]
+    grate = ratio ** (1.0 / depth) if math.isfinite(ratio) else math.inf
     return {
         "variance_growth": float(growth),
         "variance_rate": float(rate),
@@ -364,6 +406,7 @@ def init_metrics(layers: pd.DataFrame) -> dict[str, float]:
         "similarity": float(body["cosine_similarity"].iloc[-1]),
         "stable_rank": float(body["stable_rank"].iloc[-1]),
         "gradient_ratio": float(ratio),
+        "gradient_rate": float(grate),
         "gradient_of_activations": 1.0 if fallback else 0.0,
     }
 
@@ -373,7 +416,8 @@ def _check(prop: str, metric: str, value: float, status: str, verdict: str) -> C
     return Check(prop, metric, value, status, verdict, chapter, path)
 
 
-_METRICS = ("variance_growth", "variance_rate", "similarity", "stable_rank", "gradient_ratio")
+_METRICS = ("variance_growth", "variance_rate", "similarity", "stable_rank", "gradient_ratio",
+            "gradient_rate")
 # The stable rank of a nonzero matrix is at least 1; below this the activations are all zero.
 _MIN_RANK = 0.5
 
@@ -411,7 +455,7 @@ def judge(metrics: dict[str, float], thresholds: Thresholds | None = None) -> li
 
     Example:
         >>> checks = judge({"variance_growth": 5e3, "variance_rate": 1.2, "similarity": 0.5,
-        ...                 "stable_rank": 3.0, "gradient_ratio": 1.0,
+        ...                 "stable_rank": 3.0, "gradient_ratio": 1.0, "gradient_rate": 1.0,
         ...                 "gradient_of_activations": 0.0})
         >>> [(c.property, c.status) for c in checks]  # doctest: +NORMALIZE_WHITESPACE
         [('stable forward', 'failure'), ('informative forward', 'ok'),
@@ -419,7 +463,7 @@ def judge(metrics: dict[str, float], thresholds: Thresholds | None = None) -> li
         >>> checks[1].verdict
         'informative (stable rank 3)'
         >>> vanished = judge({"variance_growth": 0.0, "variance_rate": 0.0, "similarity": 0.0,
-        ...                   "stable_rank": 0.0, "gradient_ratio": 0.0})
+        ...                   "stable_rank": 0.0, "gradient_ratio": 0.0, "gradient_rate": 0.0})
         >>> [c.status for c in vanished], vanished[0].verdict
         (['failure', 'failure', 'failure'], 'activations vanish (variance x0 over the probed points)')
     """
@@ -468,22 +512,24 @@ def judge(metrics: dict[str, float], thresholds: Thresholds | None = None) -> li
     else:
         inf = _check("informative forward", metric, s, "ok", f"informative ({ranked})")
 
-    r = m["gradient_ratio"]
+    r, grate = m["gradient_ratio"], m["gradient_rate"]
     what = "activation" if m["gradient_of_activations"] else "weight"
-    metric = f"{what}-gradient norm, first / last point"
-    if not math.isfinite(r):
-        bwd = _check("stable backward", metric, r, "failure",
+    metric = f"{what}-gradient norm, first / last point, per weight layer"
+    total = f"x{r:.3g} over the body"
+    if not (math.isfinite(r) and math.isfinite(grate)):
+        bwd = _check("stable backward", metric, grate, "failure",
                      "gradient ratio is not finite (gradients are NaN or infinite, or zero at "
                      "the last layer)")
     elif r < t.degenerate_ratio:
-        bwd = _check("stable backward", metric, r, "failure",
+        bwd = _check("stable backward", metric, grate, "failure",
                      f"gradients vanish before the first layer (ratio {r:.3g})")
-    elif r > t.gradient_failure:
-        bwd = _check("stable backward", metric, r, "failure", "exploding early gradients")
-    elif r > t.gradient_warning:
-        bwd = _check("stable backward", metric, r, "warning", "early gradients grow")
+    elif r > t.gradient_explosion_ratio and grate > t.gradient_rate_failure:
+        bwd = _check("stable backward", metric, grate, "failure",
+                     f"exploding early gradients ({total})")
+    elif r > t.gradient_explosion_ratio and grate > t.gradient_rate_warning:
+        bwd = _check("stable backward", metric, grate, "warning", f"early gradients grow ({total})")
     else:
-        bwd = _check("stable backward", metric, r, "ok", "stable")
+        bwd = _check("stable backward", metric, grate, "ok", f"stable ({total})")
     return [fwd, inf, bwd]
 
 

@@ -206,3 +206,24 @@ def test_at_names_the_probed_points_on_the_command_line(user_package, capsys):
     assert status == 0
     report = json.loads(out)
     assert [row["name"] for row in report["layers"]] == ["0", "2", "4"]
+
+
+def test_a_batch_norm_resnet56_passes_backward_and_instance_norm_is_flagged(capsys):
+    # The first block of a BatchNorm ResNet-56 gets many times the last block's weight
+    # gradient, but at about 1.05 per weight layer over 54 of them: the command passes it.
+    deep = ["--depth", "56", "--width", "8", "--batch-size", "16", "--input-shape", "3,16,16"]
+    status, out, err = _main([*deep, "--json"], capsys)
+    report = json.loads(out)
+    assert status == 0 and report["ok"], (err, report["checks"])
+    backward = report["checks"][2]
+    assert (backward["property"], backward["status"]) == ("stable backward", "ok")
+    assert backward["value"] == pytest.approx(report["metrics"]["gradient_rate"])
+    assert report["metrics"]["gradient_ratio"] > report["thresholds"]["gradient_explosion_ratio"]
+    assert report["metrics"]["gradient_rate"] < report["thresholds"]["gradient_rate_warning"]
+    # Instance Normalization of the same network on the digits' 8x8 images (a few pixels per
+    # channel in the last stage) grows its gradients about 1.1 per weight layer: flagged.
+    pytest.importorskip("sklearn")
+    small = ["--depth", "56", "--width", "8", "--batch-size", "32", "--norm", "in", "--data", "digits"]
+    status, out, err = _main([*small, "--fail-on", "warning"], capsys)
+    assert status == 1 and "stable backward" in out and "early gradients grow" in out, out
+    assert "a verdict is a warning" in err or "a verdict is a failure" in err
