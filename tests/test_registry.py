@@ -9,6 +9,8 @@ The models of timm and torchvision themselves are in test_integration.py.
 
 from __future__ import annotations
 
+import copy
+
 import functools
 import pickle
 
@@ -105,3 +107,10 @@ def test_every_layer_traces_with_fx_as_one_leaf_and_exports(name):
     h = model[0](x)
     exported = torch.export.export(model[1], (h,))
     torch.testing.assert_close(exported.module()(h), model[1](h))
+    # training mode too: batch statistics, and running statistics updated as the layer does
+    layer, twin = model[1].train(), copy.deepcopy(model[1]).train()
+    exported = torch.export.export(copy.deepcopy(layer), (h,)).module()
+    torch.testing.assert_close(exported(h), twin(h))
+    for key, buffer in twin.state_dict().items():
+        if buffer.is_floating_point():
+            torch.testing.assert_close(exported.state_dict()[key], buffer, msg=key)
