@@ -220,7 +220,7 @@ def profile_reason(contenders: dict, rows: int = 5) -> None:
 
     for name, fn in contenders.items():
         fn()
-        reps = 3
+        reps = 10
         with profile(record_shapes=True) as prof:
             for _ in range(reps):
                 fn()
