@@ -2,17 +2,25 @@
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/speed.py [--rounds 9] [--threads 1]
                                                          [--device cpu] [--profile]
+                                                         [--no-compiled] [--sweep 8,16,64]
 
 Each row of the table is one ratio measured in one run: its contenders alternate in
 interleaved rounds (the order rotated every round, so that a shared machine's slow phases
 hit all alike), and the row reports the medians and their ratio, with the goal and whether
-it is met. Forward+backward passes, float32, training mode.
+it is met. Forward+backward passes, float32, training mode. On a CPU with one thread the
+clock is the process's CPU time (``time.process_time``), so that the time spent waiting
+for a shared machine's other processes is not counted; otherwise wall time.
 
 Rows:
 
 - ``framework/<BN|LN|IN|GN>``: normlib's layer with ``backend="framework"`` (the
   NAP/NOP/NRR composition every normalizer without a torch kernel takes) divided by torch's
   own layer. Goal <= 2.5.
+- ``framework compiled/<BN|LN|IN|GN>`` (``--compiled``, on by default; ``--no-compiled``
+  skips it): the same framework-path layer under ``torch.compile`` (``dynamic=False``, one
+  compilation per normalizer and shape, forward and backward) divided by torch's own layer,
+  eager. Goal <= 1.2. The compile time of each is printed under its row (not in the ratio);
+  inductor keeps compiled kernels in an on-disk cache, so a second run shows near 0 s.
 - ``IterNorm vs ZCA``: batch whitening of a ``(256, 512)`` input in groups of 64, ZCA
   (eigendecomposition) time divided by IterNorm (T = 5) time. Goal >= 1.5. The sweep
   below the table gives the same ratio for other group sizes: the crossover is the
@@ -35,14 +43,21 @@ Why some goals are hard on a CPU (the profile shows it):
   backward two reductions and two multiply-adds: about 1.5 to 2 times the memory traffic of
   torch's fused kernels, and every full-size temporary is a fresh allocation (on a CPU, a
   page-faulting ``malloc`` of the input's size). What would close the gap is a fused
-  kernel per partition: ``torch.compile`` generates it (see ``benchmarks/compile.py``).
+  kernel per partition: ``torch.compile`` generates it (the compiled rows).
 - IterNorm at group size 64 needs ``3T - 3 = 12`` batched ``64 x 64`` products forward and
   twice as many backward (a hand-derived backward through the coupled iteration needs as
-  many: six per step, as autograd's); one ``64 x 64`` product costs about 1/20 of one
-  ``eigh`` of that size on a CPU core (LAPACK's ``syevd`` is fast at this size), so the
-  36 products cost more than ZCA's eigendecomposition and five products. The row prints
-  this cost model, measured. On a GPU the balance flips: batched products run at full
-  speed while ``eigh`` is a slow iterative kernel (IterNorm's 3x goal there).
+  many: six per step, as autograd's); one batched ``64 x 64`` product costs about 1/26 of one
+  batched ``eigh`` of that size on a CPU core (LAPACK's ``syevd`` is fast at this size), so
+  the 36 products alone cost more than ZCA's eigendecomposition and five products (a bound of
+  about 0.86 on the ratio of the matrix work, before any overhead), and the work on the
+  activations, shared by both, pulls the layer's ratio towards 1. The row prints, below it,
+  the top operators of each by self CPU time (``torch.profiler``) and this cost model,
+  measured, with what 1.5x would need. On a GPU the balance flips: batched products run at
+  full speed while ``eigh`` is a slow iterative kernel (IterNorm's 3x goal there).
+  Measured with the profiler, products that allocate a fresh output look twice as slow as
+  in-place ones (``baddbmm_``); that is the profiler's own per-call cost (without it, a
+  fresh ``128 KiB`` output costs about 2 microseconds), so the profile's shares, not its
+  absolute times, are the reading.
 - ZCA's own backward (four batched products: ``U^T G U``, the divided differences, and
   back) and autograd's through ``eigh`` (five) differ by one ``64 x 64`` product next to
   one ``eigh`` and the work on the activations, which both share: the ratio sits within
@@ -97,18 +112,24 @@ def zca_autograd(x: torch.Tensor, group_size: int, eps: float = 1e-5) -> torch.T
     return merge_groups(g @ (rows - mean))
 
 
+#: The clock of every timing: wall time, or on a CPU run with one thread the CPU time of this
+#: process (``time.process_time``), which does not count the time the process waits while
+#: other processes of a shared machine hold the cores. Set in ``main``.
+CLOCK = time.perf_counter
+
+
 def fwd_bwd(fn, x: torch.Tensor, grad: torch.Tensor, inner: int):
     """A timed callable: ``inner`` forward+backward passes of ``fn`` on ``x``."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
 
     def run() -> float:
         sync()
-        start = time.perf_counter()
+        start = CLOCK()
         for _ in range(inner):
             x.grad = None
             fn(x).backward(grad)
         sync()
-        return (time.perf_counter() - start) / inner
+        return (CLOCK() - start) / inner
 
     return run
 
@@ -126,15 +147,19 @@ def interleaved(contenders: dict, rounds: int) -> dict[str, float]:
     return {n: statistics.median(t) for n, t in times.items()}
 
 
-def cost_model(device: torch.device, rounds: int, groups: int = 8, size: int = 64) -> None:
+def cost_model(device: torch.device, rounds: int, layer: dict[str, float], groups: int = 8,
+               size: int = 64) -> None:
     """Why IterNorm is not 1.5x faster than ZCA here: the matrix work of each, measured.
 
     IterNorm (T = 5, coupled Newton-Schulz) needs 3T - 3 = 12 batched products of
     ``size x size`` matrices forward and 24 backward (two per forward product, also with
     the hand-derived backward); ZCA one ``eigh`` and one product forward and four products
     backward (Daleckii-Krein). The work on the ``(256, 512)`` activations (covariance,
-    ``G (x - mu)``, their backward) is the same for both and only dilutes the ratio.
-    Minima over the rounds (the least disturbed run of each) are printed.
+    ``G (x - mu)``, their backward) is the same for both and only dilutes the ratio: it is
+    the layer's time less the whitening matrix's. Minima over the rounds (the least disturbed
+    run of each) are printed. From them, what 1.5x would need: with ``s`` the shared work,
+    ``b`` one product and ``e`` one ``eigh``, ``(s + e + 5b) >= 1.5 (s + 36b)``, that is
+    ``e >= 0.5 s + 49 b``.
     """
     a = torch.randn(groups, size, 4 * size, device=device)
     spd = a @ a.transpose(-1, -2) / (4 * size) + 1e-3 * torch.eye(size, device=device)
@@ -142,14 +167,14 @@ def cost_model(device: torch.device, rounds: int, groups: int = 8, size: int = 6
     leaf = spd.clone().requires_grad_()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def timer(fn, inner=5):
+    def timer(fn, inner=10):
         def run():
             sync()
-            start = time.perf_counter()
+            start = CLOCK()
             for _ in range(inner):
                 fn()
             sync()
-            return (time.perf_counter() - start) / inner
+            return (CLOCK() - start) / inner
         return run
 
     contenders = {
@@ -165,15 +190,94 @@ def cost_model(device: torch.device, rounds: int, groups: int = 8, size: int = 6
             name = names[(k + r) % len(names)]
             times[name].append(contenders[name]())
     t = {n: min(v) for n, v in times.items()}
-    print(f"    why ({groups} groups of {size}, minima): one batched eigh {t['eigh'] * 1e3:.3f} ms = "
-          f"{t['eigh'] / t['bmm']:.1f} batched products of {t['bmm'] * 1e3:.3f} ms; IterNorm's "
-          f"36 products = {36 * t['bmm'] * 1e3:.2f} ms, ZCA's eigh + 5 products = "
-          f"{(t['eigh'] + 5 * t['bmm']) * 1e3:.2f} ms;\n"
-          f"    whitening matrix forward+backward as run: IterNorm {t['iternorm'] * 1e3:.2f} ms, "
-          f"ZCA {t['zca'] * 1e3:.2f} ms (ZCA/IterNorm {t['zca'] / t['iternorm']:.2f}). "
-          f"1.5x on the layer needs the matrix part alone well above 1.5x, since the work on "
-          f"the activations is shared; IterNorm wins where eigh costs more than ~31 products: "
-          f"a GPU, or small groups on some CPUs.", flush=True)
+    shared = min(layer["iternorm"] - t["iternorm"], layer["zca"] - t["zca"])
+    ms = lambda v: f"{v * 1e3:.2f} ms"  # noqa: E731
+    print(f"    cost model ({groups} groups of {size}, minima): one batched eigh {ms(t['eigh'])} = "
+          f"{t['eigh'] / t['bmm']:.0f} batched products of {t['bmm'] * 1e3:.3f} ms;\n"
+          f"      IterNorm's 36 products = {ms(36 * t['bmm'])}; ZCA's eigh + 5 products = "
+          f"{ms(t['eigh'] + 5 * t['bmm'])};\n"
+          f"      whitening matrix forward+backward as run: IterNorm {ms(t['iternorm'])} "
+          f"({t['iternorm'] / t['bmm']:.0f} products' worth), ZCA {ms(t['zca'])} "
+          f"(ZCA/IterNorm {t['zca'] / t['iternorm']:.2f});\n"
+          f"      shared work on the activations (layer less matrix) {ms(shared)}.", flush=True)
+    need = 0.5 * shared + 49 * t["bmm"]
+    print(f"    what would meet it: 1.5x needs eigh >= 0.5 x shared + 49 products = {ms(need)} "
+          f"({need / t['eigh']:.1f}x the eigh measured here), i.e. a device where eigh is slow "
+          f"next to batched products (a GPU: the >= 3x goal there), or fewer products (T <= 3, "
+          f"less accurate whitening); even free of all overhead, 36 products against eigh + 5 "
+          f"bound the matrix ratio at {(t['eigh'] + 5 * t['bmm']) / (36 * t['bmm']):.2f} on "
+          f"this CPU.", flush=True)
+
+
+def profile_reason(contenders: dict, rows: int = 5) -> None:
+    """Top operators by self CPU time (``torch.profiler``, ``record_shapes=True``) per contender.
+
+    Printed in one line each under the IterNorm row: the operator, its input shapes, its share
+    of the profiled time and its call count per forward+backward. The profiler's own per-call
+    cost (tens of microseconds, more on operators that allocate a fresh output) inflates small
+    operators, so the shares, not the absolute times, are the reading.
+    """
+    from torch.profiler import profile
+
+    for name, fn in contenders.items():
+        fn()
+        reps = 10
+        with profile(record_shapes=True) as prof:
+            for _ in range(reps):
+                fn()
+        events = prof.key_averages(group_by_input_shape=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+        parts = [f"{e.key.replace('aten::', '')}{_shapes(e.input_shapes)} "
+                 f"{100 * e.self_cpu_time_total / total:.0f}% x{e.count // reps}" for e in top]
+        print(f"    profile {name}: " + "; ".join(parts), flush=True)
+
+
+def _shapes(shapes) -> str:
+    kept = [tuple(s) for s in shapes if s]
+    return str(kept).replace(" ", "") if kept else ""
+
+
+def framework_pairs(c: int) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """normlib's framework-path layer and torch's native layer, per normalizer, for ``c`` channels."""
+    return {
+        "BN": (L.BatchNorm(c, backend="framework"), nn.BatchNorm2d(c)),
+        "LN": (L.LayerNorm(c, backend="framework"), nn.GroupNorm(1, c)),
+        "IN": (L.InstanceNorm(c, backend="framework"), nn.InstanceNorm2d(c, affine=True)),
+        "GN": (L.GroupNorm(c, num_groups=32, backend="framework"), nn.GroupNorm(32, c)),
+    }
+
+
+def compiled_rows(device: torch.device, rounds: int, report) -> None:
+    """``framework compiled/torch``: the framework path under ``torch.compile`` / torch eager.
+
+    One compilation per normalizer and shape (``dynamic=False``: the shape is fixed, so no
+    shape-generic code and no recompilation), forward and backward (AOTAutograd compiles the
+    backward on the first ``backward`` call). The compile time of each is printed after the
+    row; it is paid once per model and shape, and is not in the ratio. Goal <= 1.2.
+    """
+    import torch._dynamo
+
+    for shape in SHAPES:
+        x = torch.randn(shape, device=device, requires_grad=True)
+        grad = torch.randn(shape, device=device)
+        inner = 2 if device.type == "cpu" else 20
+        for name, (ours, theirs) in framework_pairs(shape[1]).items():
+            ours, theirs = ours.to(device).train(), theirs.to(device).train()
+            compiled = torch.compile(ours, dynamic=False)
+            start = time.perf_counter()
+            x.grad = None
+            compiled(x).backward(grad)  # compiles forward and backward
+            compile_s = time.perf_counter() - start
+            torch.testing.assert_close(compiled(x), theirs(x), rtol=1e-4, atol=1e-4)
+            contenders = {"compiled": fwd_bwd(compiled, x, grad, inner),
+                          "torch": fwd_bwd(theirs, x, grad, inner)}
+            t = interleaved(contenders, rounds)
+            ratio = t["compiled"] / t["torch"]
+            report(f"framework compiled/torch {name}", str(shape), t["compiled"], t["torch"],
+                   ratio, "<= 1.2", ratio <= 1.2, contenders)
+            print(f"    (compile, forward+backward: {compile_s:.0f} s)", flush=True)
+        torch._dynamo.reset()
 
 
 def profile_table(fn, label: str, rows: int = 12) -> None:
@@ -193,14 +297,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true",
                         help="profile the contenders of every row whose goal is not met")
+    parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the framework path under torch.compile (8 compilations, "
+                             "30-90 s each on a loaded CPU; --no-compiled skips them)")
     parser.add_argument("--sweep", default="8,16,32,64,128",
                         help="group sizes for the IterNorm/ZCA crossover ('' to skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    global CLOCK
+    cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
+    CLOCK = time.process_time if cpu_time else time.perf_counter
     torch.manual_seed(0)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"float32, forward+backward, medians of {args.rounds} interleaved rounds")
+          f"float32, forward+backward, medians of {args.rounds} interleaved rounds, "
+          f"{'CPU time of this process' if cpu_time else 'wall time'}")
     header = f"{'row':<34} {'shape':<22} {'A ms':>9} {'B ms':>9} {'ratio':>7} {'goal':>9}  status"
     print(header)
     print("-" * len(header))
@@ -217,12 +328,7 @@ def main() -> None:
         c = shape[1]
         x = torch.randn(shape, device=device, requires_grad=True)
         grad = torch.randn(shape, device=device)
-        pairs = {
-            "BN": (L.BatchNorm(c, backend="framework"), nn.BatchNorm2d(c)),
-            "LN": (L.LayerNorm(c, backend="framework"), nn.GroupNorm(1, c)),
-            "IN": (L.InstanceNorm(c, backend="framework"), nn.InstanceNorm2d(c, affine=True)),
-            "GN": (L.GroupNorm(c, num_groups=32, backend="framework"), nn.GroupNorm(32, c)),
-        }
+        pairs = framework_pairs(c)
         inner = 2 if device.type == "cpu" else 20
         for name, (ours, theirs) in pairs.items():
             ours, theirs = ours.to(device).train(), theirs.to(device).train()
@@ -232,6 +338,10 @@ def main() -> None:
             ratio = t["framework"] / t["torch"]
             report(f"framework/torch {name}", str(shape), t["framework"], t["torch"], ratio,
                    "<= 2.5", ratio <= 2.5, contenders)
+
+    # 1b. the framework path under torch.compile against torch's eager kernels
+    if args.compiled:
+        compiled_rows(device, args.rounds, report)
 
     # 2. IterNorm against ZCA, and the crossover group size
     gen = torch.Generator().manual_seed(0)
@@ -251,8 +361,9 @@ def main() -> None:
     report("IterNorm(T=5) vs ZCA (ZCA/IterNorm)", "(256, 512) groups 64", t["iternorm"], t["zca"],
            ratio, ">= 1.5", ratio >= 1.5, contenders)
 
+    profile_reason(contenders)
     if ratio < 1.5:
-        cost_model(device, args.rounds)
+        cost_model(device, args.rounds, t)
 
     # 3. ZCA's own backward against autograd through eigh
     xr = xw.detach().T.contiguous().requires_grad_()
