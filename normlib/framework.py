@@ -84,7 +84,9 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # ---- hook: synchronized batch statistics (set by normlib.distributed; None in one process) ----
 class _Slot:
     """Holds the active reducer. A plain attribute rather than a ``ContextVar``: torch.compile
-    traces an attribute read (and guards on it), while ``ContextVar.get`` breaks the graph."""
+    traces an attribute read (and guards on it), while ``ContextVar.get`` breaks the graph. The
+    value is one per process: synchronized layers run by several threads at once (as
+    ``nn.DataParallel`` does) are not supported; DDP, one process per device, is."""
 
     __slots__ = ("value",)
 
