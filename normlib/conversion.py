@@ -174,18 +174,7 @@ def find_norms(model: nn.Module, include=None, exclude=None) -> dict[str, nn.Mod
         ['1']
     """
     check_module("model", model)
-    found: dict[str, nn.Module] = {}
-
-    def visit(module: nn.Module, prefix: str) -> None:
-        if _kind(module) is not None:
-            if _selected(prefix, module, include, exclude):
-                found[prefix] = module
-            return
-        for name, child in module.named_children():
-            visit(child, f"{prefix}.{name}" if prefix else name)
-
-    visit(model, "")
-    return found
+    return _outermost(model, lambda m: _kind(m) is not None, include, exclude)
 
 
 def _matches(name: str, module: nn.Module, rule, argument: str) -> bool:
@@ -204,6 +193,23 @@ def _matches(name: str, module: nn.Module, rule, argument: str) -> bool:
                                  "a name pattern, a module type, a list of those or a callable "
                                  "f(name, module) -> bool", rule, show=type(r).__name__)
     return False
+
+
+def _outermost(model: nn.Module, hit, include, exclude) -> dict[str, nn.Module]:
+    """``{name: module}`` of the outermost modules with ``hit(module)`` that the filters select
+    (the search does not look inside a hit)."""
+    found: dict[str, nn.Module] = {}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        if hit(module):
+            if _selected(prefix, module, include, exclude):
+                found[prefix] = module
+            return
+        for name, child in module.named_children():
+            visit(child, f"{prefix}.{name}" if prefix else name)
+
+    visit(model, "")
+    return found
 
 
 def _selected(name: str, module: nn.Module, include, exclude) -> bool:
@@ -456,17 +462,7 @@ def revert(model: nn.Module, include=None, exclude=None) -> nn.Module:
     check_module("model", model)
     _check_filters(include, exclude)
     result = model
-    targets = {}
-
-    def visit(module: nn.Module, prefix: str) -> None:
-        if _ORIGINAL in module.__dict__:
-            if _selected(prefix, module, include, exclude):
-                targets[prefix] = module
-            return
-        for name, child in module.named_children():
-            visit(child, f"{prefix}.{name}" if prefix else name)
-
-    visit(model, "")
+    targets = _outermost(model, lambda m: _ORIGINAL in m.__dict__, include, exclude)
     for name, current in targets.items():
         original = current.__dict__[_ORIGINAL]
         same = _kind(original) == _kind(current) and _layout(original) == _layout(current)

@@ -912,28 +912,25 @@ def _size_error(args) -> str | None:
     return None
 
 
-def _seed(text: str) -> int:
+def _int_argument(text: str, what: str, low: int, high: int | None, expected: str) -> int:
+    """An integer option of the command line in ``[low, high)``, or argparse's one-line error."""
     import argparse
 
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**63 - 1], got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low or (high is not None and value >= high):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def _seed(text: str) -> int:
+    return _int_argument(text, "an integer seed", 0, 2**63, "a seed in [0, 2**63 - 1]")
 
 
 def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _int_argument(text, "a positive integer", 1, None, "a positive integer")
 
 
 def _model_name(text: str) -> str:

@@ -10,7 +10,6 @@ The models of timm and torchvision themselves are in test_integration.py.
 from __future__ import annotations
 
 import copy
-
 import functools
 import pickle
 
