@@ -28,7 +28,7 @@ Rows:
   below the table gives the same ratio for other group sizes: the crossover is the
   largest group size at which IterNorm is still faster.
 - ``ZCA custom/autograd``: :func:`normlib.whitening.whiten` with ZCA (its Daleckii-Krein
-  backward) divided by the same computation differentiated by autograd through
+  backward, and the centered covariance's own backward) divided by the same computation differentiated by autograd through
   ``torch.linalg.eigh``. Goal <= 1.0 (not slower).
 - ``PositionalNorm/LayerNorm2d``: :class:`normlib.layers.PositionalNorm` divided by
   timm's ``LayerNorm2d``. timm is not installed here, so the reference is its forward,
@@ -68,10 +68,12 @@ Why some goals are hard on a CPU (the profile shows it):
   in-place ones (``baddbmm_``); that is the profiler's own per-call cost (without it, a
   fresh ``128 KiB`` output costs about 2 microseconds), so the profile's shares, not its
   absolute times, are the reading.
-- ZCA's own backward (four batched products: ``U^T G U``, the divided differences, and
-  back) and autograd's through ``eigh`` (five) differ by one ``64 x 64`` product next to
-  one ``eigh`` and the work on the activations, which both share: the ratio sits within
-  a few percent of 1 and a loaded machine moves it to either side.
+- ZCA's own backward: the whitening matrix's (four batched ``64 x 64`` products: ``U^T G U``,
+  the divided differences, and back) against autograd's through ``eigh`` (five), and the
+  centered covariance's (one ``(64, 64) x (64, 256)`` product fused with the sum, where
+  autograd through ``Xc Xc^T`` takes two, and one mean for the centering's adjoint instead
+  of autograd's negation, sum and expansion). With the matrix's product alone the ratio
+  sat within a few percent of 1; the covariance's product and passes make the margin.
 """
 
 from __future__ import annotations
