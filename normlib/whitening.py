@@ -184,6 +184,9 @@ class _CenteredCovariance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_mean, grad_xc, grad_cov):
         x, xc = ctx.saved_tensors
+        # under autocast the products ran in lower precision: the gradients arrive in it
+        grad_mean, grad_xc, grad_cov = (None if g is None else g.to(xc.dtype)
+                                        for g in (grad_mean, grad_xc, grad_cov))
         if torch.is_grad_enabled():
             with torch.enable_grad():
                 outs = _centered_covariance_composed(x)
