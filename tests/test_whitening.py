@@ -218,12 +218,34 @@ def test_eigen_backward_equals_torch_autograd_for_distinct_eigenvalues(method):
     weights = torch.randn(5, 30, generator=torch.Generator().manual_seed(1), dtype=DT)
     (ours,) = torch.autograd.grad((W.whiten(x, method, eps=1e-5) * weights).sum(), x)
     x2 = x.detach().clone().requires_grad_()
-    sigma = W.covariance(x2)[1] + 1e-5 * torch.eye(5, dtype=DT)
+    xc = x2 - x2.mean(1, keepdim=True)  # plain operations only: autograd is the oracle
+    sigma = xc @ xc.T / xc.shape[1] + 1e-5 * torch.eye(5, dtype=DT)
     lam, vec = torch.linalg.eigh(sigma)
     g = vec @ torch.diag(lam.rsqrt()) @ vec.T if method == "zca" else (vec * lam.rsqrt()).T.flip(0)
-    y = g @ (x2 - x2.mean(1, keepdim=True))
+    y = g @ xc
     (oracle,) = torch.autograd.grad((y * weights).sum(), x2)
     assert torch.allclose(ours, oracle, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("used", [(0,), (1,), (2,), (1, 2), (0, 1, 2)], ids=str)
+def test_centered_covariance_backward_equals_autograd_of_the_plain_operations(used):
+    """Its own backward (one product) against autograd through mean, subtraction and ``Xc Xc^T``,
+    for every subset of its outputs that a caller may use; second derivatives too."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 4, 9, generator=gen, dtype=DT, requires_grad=True)
+    weights = [torch.randn(shape, generator=gen, dtype=DT) for shape in ((3, 4, 1), (3, 4, 9), (3, 4, 4))]
+
+    def loss(outputs):
+        return sum((outputs[i] * weights[i]).sum() for i in used)
+
+    (ours,) = torch.autograd.grad(loss(W._centered_covariance(x)), x)
+    mean = x.mean(-1, keepdim=True)
+    xc = x - mean
+    cov = xc @ xc.transpose(-1, -2) / 9
+    (oracle,) = torch.autograd.grad(loss((mean, xc, (cov + cov.transpose(-1, -2)) / 2)), x)
+    assert torch.allclose(ours, oracle, atol=1e-12, rtol=1e-10)
+    assert torch.autograd.gradcheck(lambda z: loss(W._centered_covariance(z)), (x,))
+    assert torch.autograd.gradgradcheck(lambda z: loss(W._centered_covariance(z)), (x,))
 
 
 @pytest.mark.parametrize("method", W.WHITENING_METHODS)
