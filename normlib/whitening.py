@@ -728,9 +728,11 @@ class Whiten(Operation):
     def normalize_batch(self, xv: Tensor, partition: Partition,
                         recovery: Callable[[Tensor, Partition], Tensor] | None,
                         ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Statistics and whitening with the rows centered once (:func:`_centered_covariance`).
+        """Statistics and whitening, with the rows centered once for both.
 
-        Statistics pooled over processes take the composed path (the reducer's own).
+        The mean, the centered rows and the covariance come from one function with its own
+        backward (one ``(g, g) x (g, m)`` product for the covariance, where autograd takes
+        two). Statistics pooled over processes take the composed path (the reducer's own).
         """
         if partition.pool_batch and batch_sync() is not None:
             return super().normalize_batch(xv, partition, recovery)
