@@ -49,14 +49,18 @@ Why some goals are hard on a CPU (the profile shows it):
   torch's fused kernels, and every full-size temporary is a fresh allocation (on a CPU, a
   page-faulting ``malloc`` of the input's size). What would close the gap is a fused
   kernel per partition: ``torch.compile`` generates it (the compiled rows).
-- A layer compiled alone pays a compiled module's fixed cost on every call: dynamo's guard
-  checks and the wrappers of the compiled forward and backward, about 0.1 ms per
-  forward+backward on this CPU (printed above the compiled rows), against a torch kernel's
-  0.05 ms. At ``(128, 256, 8, 8)``, where torch's GroupNorm takes 2 ms, that alone is 0.05
-  of the ratio; the rest is in the two kernels inductor generates (``--profile`` shows them
-  as ``CompiledFxGraph`` calls), whose time against torch's two kernels moves from run to
-  run on this shared machine, to either side. Compiling the model rather than the layer
-  pays the fixed cost once per model call.
+- Compiled LN and GN: the generated forward reads the input three times (the mean, the
+  variance about it, the output) where torch's GroupNorm kernel reads it twice (its moments
+  in one pass); the backward reads the input and the gradient twice in both. Inductor's
+  one-pass forms, Welford's update and float64 sums of ``x`` and ``x^2``, were measured
+  slower than the two passes on this CPU (their arithmetic, not memory, bounds them). So
+  the compiled layer moves about 9/8 of torch's memory traffic. On top, a layer compiled
+  alone pays a compiled module's fixed cost on every call: dynamo's guard checks and the
+  wrappers of the compiled forward and backward, about 0.1 ms per forward+backward here
+  (printed above the compiled rows), 0.05 of the ratio at ``(128, 256, 8, 8)`` where
+  torch's GroupNorm takes 2 ms. What meets the goal: compiling the model rather than the
+  layer (the fixed cost once per model call, and an activation after the normalizer fused
+  into its output pass), or a fused one-pass moments kernel as torch's.
 - IterNorm at group size 64 needs ``3T - 3 = 12`` batched ``64 x 64`` products forward and
   twice as many backward (a hand-derived backward through the coupled iteration needs as
   many: six per step, as autograd's); one batched ``64 x 64`` product costs about 1/26 of one

@@ -603,21 +603,17 @@ class _StandardizeAffine(torch.autograd.Function):
         count = 1
         for d in dims:
             count *= xv.shape[d]
-        var = None
-        if center and scale and torch.compiler.is_compiling():
-            # Compiled, Welford's one-pass update is one generated reduction over the input,
-            # where the two-pass form below takes two (eager, torch.var_mean is the slower).
-            var, mean = torch.var_mean(xv, dim=dims, correction=0, keepdim=True)
-            xc = xv - mean
-        elif center:
+        if center:
             mean = xv.mean(dim=dims, keepdim=True)
             xc = xv - mean
         else:
             mean = xv.new_zeros(())
             xc = xv
         if scale:
-            if var is None:  # the sum of squares without a temporary as large as the input
-                var = torch.linalg.vector_norm(xc, 2, dim=dims, keepdim=True).square_() / count
+            # the sum of squares without a temporary as large as the input (under torch.compile
+            # too: inductor's one-pass forms, Welford's update or float64 sums of x and x^2,
+            # were measured slower than these two passes on a CPU)
+            var = torch.linalg.vector_norm(xc, 2, dim=dims, keepdim=True).square_() / count
             rstd = torch.rsqrt(var + eps)
         else:
             var, rstd = xv.new_zeros(()), None
