@@ -567,14 +567,18 @@ class Affine:
 def _mul_add(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``x * scale + shift`` for a full-size ``x`` and broadcast ``scale`` and ``shift``.
 
-    A multiplication into a fresh tensor and an in-place addition: on a CPU this is faster than
-    ``torch.addcmul(shift, x, scale)`` (1.6 against 2.2 ms at 16 MiB, and 1.6 against 9.5 ms
-    for a ``(64, 32, 2, 1024)`` group-norm view, whose broadcast first operand sends addcmul's
-    kernel down a slow loop; ``benchmarks/speed.py`` shows the layers).
+    On a CPU, a multiplication into a fresh tensor and an in-place addition: there
+    ``torch.addcmul(shift, x, scale)`` is the slower (measured on a 2-core machine: 2.2
+    against 1.6 ms at 16 MiB, and 9.5 against 1.6 ms for a ``(64, 32, 2, 1024)`` group-norm
+    view, whose broadcast first operand sends addcmul's kernel down a slow loop). Elsewhere
+    one ``addcmul``, one kernel and one pass. The result's dtype is the promoted one either way.
     """
+    if not x.is_cpu:
+        return torch.addcmul(shift, x, scale)
     out = x * scale
-    return out.add_(shift) if out.shape == torch.broadcast_shapes(out.shape, shift.shape) \
-        else out + shift
+    # in place only where the sum has the product's shape and dtype (no broadcast, no promotion)
+    fits = shift.dtype == out.dtype and out.shape == torch.broadcast_shapes(out.shape, shift.shape)
+    return out.add_(shift) if fits else out + shift
 
 
 def _sum_to(t: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -594,8 +598,11 @@ class _StandardizeAffine(torch.autograd.Function):
     with autograd, so Hessian-vector products stay exact.
 
     Memory traffic: one full-size tensor is allocated forward (``x - mu``, turned into the
-    output in place) and one backward (the input gradient); on a CPU a fresh allocation
-    of the input's size costs about as much as a pass over it.
+    output in place), and backward one (the product ``g x``, whose sums are taken before
+    the input gradient is written into it) when the statistics pool over the batch or the
+    positions (BN, LN, IN, GN); otherwise, as for Positional Normalization, the product and
+    the input gradient are two. On a CPU a fresh allocation of the input's size costs about
+    as much as a pass over it.
     """
 
     @staticmethod

@@ -148,7 +148,7 @@ def covariance(x: Tensor) -> tuple[Tensor, Tensor]:
         >>> mu.flatten().tolist(), cov.tolist()
         ([2.0, 2.0], [[1.0, 0.0], [0.0, 0.0]])
     """
-    mean, _, cov = _CenteredCovariance.apply(x)
+    mean, _, cov = _centered_covariance(x)
     return mean, cov
 
 
@@ -170,53 +170,63 @@ class _CenteredCovariance(torch.autograd.Function):
 
     one ``(d, d) x (d, m)`` product fused with the addition (``baddbmm``), where autograd
     through ``Xc @ Xc^T`` takes two (one per operand), and the centering's adjoint as one
-    mean and one subtraction. A second derivative (``create_graph=True``) differentiates
-    the composition with autograd instead, so Hessian-vector products stay exact.
+    mean and one subtraction. The backward is made of differentiable operations on the
+    saved output ``Xc``, so a second derivative (``create_graph=True``: Hessian-vector
+    products) differentiates it exactly. Forward mode (``jvp``) and ``torch.func``'s
+    transforms (a generated ``vmap`` rule) work as on the plain operations.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor):
-        mean, xc, cov = _centered_covariance_composed(x)
-        ctx.save_for_backward(x, xc)
+    def forward(x: Tensor):
+        return _centered_covariance_composed(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        xc = output[1]
+        ctx.save_for_backward(xc)
+        ctx.save_for_forward(xc)
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: no product of zeros
-        return mean, xc, cov
 
     @staticmethod
     def backward(ctx, grad_mean, grad_xc, grad_cov):
-        x, xc = ctx.saved_tensors
+        (xc,) = ctx.saved_tensors
         # under autocast the products ran in lower precision: the gradients arrive in it
         grad_mean, grad_xc, grad_cov = (None if g is None else g.to(xc.dtype)
                                         for g in (grad_mean, grad_xc, grad_cov))
-        if torch.is_grad_enabled():
-            with torch.enable_grad():
-                outs = _centered_covariance_composed(x)
-                pairs = [(o, g) for o, g in zip(outs, (grad_mean, grad_xc, grad_cov)) if g is not None]
-                if not pairs:
-                    return None
-                (grad_x,) = torch.autograd.grad([o for o, _ in pairs], x, [g for _, g in pairs],
-                                                create_graph=True)
-            return grad_x
-        m = x.shape[-1]
+        d, m = xc.shape[-2:]
         total = grad_xc
         if grad_cov is not None:
-            d = x.shape[-2]
             sym = (grad_cov + grad_cov.transpose(-1, -2)).reshape(-1, d, d)
             flat = xc.reshape(-1, d, m)
-            total = torch.bmm(sym, flat) if total is None else \
+            total = torch.bmm(sym, flat) / m if total is None else \
                 torch.baddbmm(total.reshape(flat.shape), sym, flat, alpha=1.0 / m)
-            if grad_xc is None:
-                total = total.div_(m)
-            total = total.reshape(x.shape)
+            total = total.reshape(xc.shape)
         grad_x = None if total is None else total - total.mean(dim=-1, keepdim=True)
         if grad_mean is not None:
             grad_x = grad_mean / m if grad_x is None else grad_x + grad_mean / m
         if grad_x is None:
             return None
-        return grad_x.expand(x.shape) if grad_x.shape != x.shape else grad_x
+        return grad_x.expand(xc.shape) if grad_x.shape != xc.shape else grad_x
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor):
+        (xc,) = ctx.saved_tensors
+        d_mean = tangent.mean(dim=-1, keepdim=True)
+        d_xc = tangent - d_mean
+        a = d_xc @ xc.transpose(-1, -2)
+        return d_mean, d_xc, (a + a.transpose(-1, -2)) / xc.shape[-1]
 
 
 def _centered_covariance(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(mu, X - mu 1^T, Sigma)`` of ``x: (..., d, m)``: :func:`covariance` with the centered rows."""
+    """``(mu, X - mu 1^T, Sigma)`` of ``x: (..., d, m)``: :func:`covariance` with the centered rows.
+
+    Under ``torch.compile`` and ``torch.export`` the plain operations (dynamo does not trace
+    a custom ``jvp``; the compiler derives and fuses the backward itself).
+    """
+    if torch.compiler.is_compiling():
+        return _centered_covariance_composed(x)
     return _CenteredCovariance.apply(x)
 
 
@@ -732,9 +742,12 @@ class Whiten(Operation):
 
         The mean, the centered rows and the covariance come from one function with its own
         backward (one ``(g, g) x (g, m)`` product for the covariance, where autograd takes
-        two). Statistics pooled over processes take the composed path (the reducer's own).
+        two). Statistics pooled over processes take the composed path (the reducer's own),
+        as does a subclass that overrides :meth:`statistics` or :meth:`apply`.
         """
-        if partition.pool_batch and batch_sync() is not None:
+        own = type(self).statistics is Whiten.statistics and type(self).apply is Whiten.apply
+        if not own or (partition.pool_batch and batch_sync() is not None):
+            # a subclass's own statistics or apply, or the reducer's statistics
             return super().normalize_batch(xv, partition, recovery)
         mat = self.matrix(xv, partition)
         _check_samples(mat.shape[-1], mat.shape[-2], xv.shape)

@@ -227,13 +227,16 @@ def test_eigen_backward_equals_torch_autograd_for_distinct_eigenvalues(method):
     assert torch.allclose(ours, oracle, atol=1e-9, rtol=1e-7)
 
 
-@pytest.mark.parametrize("used", [(0,), (1,), (2,), (1, 2), (0, 1, 2)], ids=str)
+@pytest.mark.parametrize("used", [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)], ids=str)
 def test_centered_covariance_backward_equals_autograd_of_the_plain_operations(used):
     """Its own backward (one product) against autograd through mean, subtraction and ``Xc Xc^T``,
-    for every subset of its outputs that a caller may use; second derivatives too."""
+    for every subset of its outputs that a caller may use; second derivatives too. The weights
+    of the covariance are an expanded, non-symmetric tensor (a stride-0 incoming gradient)."""
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(3, 4, 9, generator=gen, dtype=DT, requires_grad=True)
-    weights = [torch.randn(shape, generator=gen, dtype=DT) for shape in ((3, 4, 1), (3, 4, 9), (3, 4, 4))]
+    weights = [torch.randn((3, 4, 1), generator=gen, dtype=DT),
+               torch.randn((3, 4, 9), generator=gen, dtype=DT),
+               torch.randn((1, 4, 4), generator=gen, dtype=DT).expand(3, 4, 4)]
 
     def loss(outputs):
         return sum((outputs[i] * weights[i]).sum() for i in used)
@@ -246,6 +249,30 @@ def test_centered_covariance_backward_equals_autograd_of_the_plain_operations(us
     assert torch.allclose(ours, oracle, atol=1e-12, rtol=1e-10)
     assert torch.autograd.gradcheck(lambda z: loss(W._centered_covariance(z)), (x,))
     assert torch.autograd.gradgradcheck(lambda z: loss(W._centered_covariance(z)), (x,))
+
+
+# torch.func's forward mode compiles a helper with torch.jit.script, which warns that it is deprecated
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_covariance_works_under_torch_func_transforms_as_the_plain_operations():
+    """jacrev, jacfwd (forward mode), vmap and hessian through the centered covariance."""
+    from torch.func import hessian, jacfwd, jacrev, vmap
+
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 3, 7, generator=gen, dtype=DT)
+
+    def plain(z):
+        zc = z - z.mean(-1, keepdim=True)
+        cov = zc @ zc.transpose(-1, -2) / z.shape[-1]
+        return (cov + cov.transpose(-1, -2)) / 2
+
+    def ours(z):
+        return W.covariance(z)[1]
+
+    for transform in (jacrev, jacfwd):
+        assert torch.allclose(transform(ours)(x[0]), transform(plain)(x[0]), atol=1e-12)
+    assert torch.allclose(vmap(ours)(x), plain(x), atol=1e-12)
+    assert torch.allclose(hessian(lambda z: ours(z).square().sum())(x[0]),
+                          hessian(lambda z: plain(z).square().sum())(x[0]), atol=1e-10)
 
 
 @pytest.mark.parametrize("method", W.WHITENING_METHODS)
