@@ -743,7 +743,7 @@ class Whiten(Operation):
         The mean, the centered rows and the covariance come from one function with its own
         backward (one ``(g, g) x (g, m)`` product for the covariance, where autograd takes
         two). Statistics pooled over processes take the composed path (the reducer's own),
-        as does a subclass that overrides :meth:`statistics` or :meth:`apply`.
+        as does a subclass that overrides ``statistics`` or ``apply``.
         """
         own = type(self).statistics is Whiten.statistics and type(self).apply is Whiten.apply
         if not own or (partition.pool_batch and batch_sync() is not None):
