@@ -18,6 +18,9 @@ import jupytext
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_ext"))
+import kernel_client  # noqa: E402  (the book's fix for missed wake-ups of the kernel client)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
@@ -28,6 +31,7 @@ def main() -> int:
     if args.size:
         os.environ["NORMLIB_SIZE"] = args.size
     nb = jupytext.read(args.chapter)
+    kernel_client.apply()
     client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(args.chapter.parent)}})
     start = time.perf_counter()

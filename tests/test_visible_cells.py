@@ -18,10 +18,13 @@ device (a stamp in ``_build/.visible-cells/``, removed by ``make clean``; set
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import importlib.util
 import os
 import platform
 from pathlib import Path
+from queue import Empty
 
 import jupytext
 import nbformat
@@ -48,6 +51,17 @@ CELL_TIMEOUT = 600
 STAMPS = ROOT / "_build" / ".visible-cells"
 
 pytestmark = pytest.mark.visible_cells
+
+
+def _kernel_client_fix():
+    """The book's ``_ext/kernel_client.py``: kernel-client channels that poll in slices."""
+    spec = importlib.util.spec_from_file_location("kernel_client", ROOT / "_ext" / "kernel_client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+KERNEL_CLIENT = _kernel_client_fix()
 
 
 def visible_code_cells(notebook) -> list:
@@ -99,6 +113,7 @@ def run_visible_cells(chapter: Path, stamps: Path | None = None) -> None:
             return  # the same code already ran without error
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c.source) for c in cells],
                                   metadata=source.metadata)
+    KERNEL_CLIENT.apply()  # a missed wake-up would wait out the cell's timeout (600 s)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(chapter.parent)}})
     with client.setup_kernel():
@@ -111,6 +126,52 @@ def run_visible_cells(chapter: Path, stamps: Path | None = None) -> None:
     if stamp is not None:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(key)
+
+
+class _SocketThatMissesAWakeUp:
+    """A kernel socket whose message is readable from the start, but whose first poll, like a
+    poll whose wake-up was missed, reports it only once its whole timeout has passed."""
+
+    def __init__(self):
+        self.polls: list[int | None] = []
+
+    async def poll(self, timeout_ms):
+        self.polls.append(timeout_ms)
+        if len(self.polls) == 1:
+            await asyncio.sleep(0)  # (a real one would sleep timeout_ms here)
+            return 0
+        return 1
+
+
+class _Channel:
+    def __init__(self, socket):
+        self.socket = socket
+
+    async def _recv(self):
+        return {"msg_type": "execute_reply"}
+
+
+def test_the_kernel_client_reads_an_arrived_message_in_the_next_slice_not_after_the_timeout():
+    channel = _Channel(_SocketThatMissesAWakeUp())
+    msg = asyncio.run(KERNEL_CLIENT.get_msg(channel, timeout=600))
+    assert msg == {"msg_type": "execute_reply"}
+    # two polls, each of one slice, not one poll of the 600 s timeout
+    assert channel.socket.polls == [int(KERNEL_CLIENT.SLICE * 1000)] * 2
+
+
+def test_the_kernel_client_still_times_out_when_nothing_arrives():
+    class Silent:
+        async def poll(self, timeout_ms):
+            await asyncio.sleep(timeout_ms / 1000)
+            return 0
+
+    with pytest.raises(Empty):
+        asyncio.run(KERNEL_CLIENT.get_msg(_Channel(Silent()), timeout=0.6))
+
+
+def test_the_book_build_loads_the_kernel_client_fix():
+    config = (ROOT / "_config.yml").read_text()
+    assert "kernel_client: _ext" in config
 
 
 def test_run_visible_cells_names_the_failing_cell(tmp_path):
