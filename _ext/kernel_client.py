@@ -18,6 +18,7 @@ loads this as a Sphinx extension (``_config.yml``); the visible-cells test and
 
 from __future__ import annotations
 
+import math
 import time
 from queue import Empty
 
@@ -33,7 +34,8 @@ async def get_msg(self, timeout: float | None = None) -> dict:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = SLICE if deadline is None else max(0.0, min(SLICE, deadline - time.monotonic()))
-        if await self.socket.poll(int(left * 1000)):
+        # at least 1 ms while time is left: a 0 ms poll returns at once, without yielding
+        if await self.socket.poll(math.ceil(left * 1000)):
             return await self._recv()
         if deadline is not None and time.monotonic() >= deadline:
             raise Empty

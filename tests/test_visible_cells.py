@@ -159,19 +159,34 @@ def test_the_kernel_client_reads_an_arrived_message_in_the_next_slice_not_after_
     assert channel.socket.polls == [int(KERNEL_CLIENT.SLICE * 1000)] * 2
 
 
-def test_the_kernel_client_still_times_out_when_nothing_arrives():
+def test_the_kernel_client_waits_out_its_timeout_in_slices_when_nothing_arrives():
     class Silent:
+        polls: list[int] = []
+
         async def poll(self, timeout_ms):
+            self.polls.append(timeout_ms)
             await asyncio.sleep(timeout_ms / 1000)
             return 0
 
+    socket = Silent()
     with pytest.raises(Empty):
-        asyncio.run(KERNEL_CLIENT.get_msg(_Channel(Silent()), timeout=0.6))
+        asyncio.run(KERNEL_CLIENT.get_msg(_Channel(socket), timeout=0.6))
+    slice_ms = int(KERNEL_CLIENT.SLICE * 1000)
+    # whole slices, then the last one cut at the deadline: the timeout was waited out in slices
+    # (the last may be a 0 ms check, when a loaded machine overslept the slices before it)
+    assert len(socket.polls) >= 2 and socket.polls[0] == slice_ms
+    assert socket.polls[-1] < slice_ms
 
 
-def test_the_book_build_loads_the_kernel_client_fix():
-    config = (ROOT / "_config.yml").read_text()
-    assert "kernel_client: _ext" in config
+def test_apply_replaces_the_channels_get_msg_and_the_book_build_loads_it(monkeypatch):
+    import yaml
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", AsyncZMQSocketChannel.get_msg)
+    KERNEL_CLIENT.apply()
+    assert AsyncZMQSocketChannel.get_msg is KERNEL_CLIENT.get_msg
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["sphinx"]["local_extensions"]["kernel_client"] == "_ext"
 
 
 def test_run_visible_cells_names_the_failing_cell(tmp_path):
