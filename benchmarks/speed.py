@@ -54,7 +54,7 @@ Why some goals are hard on a CPU (the profile shows it):
   variance about it, the output) where torch's GroupNorm kernel reads it twice (its moments
   in one pass); the backward reads the input and the gradient twice in both. Inductor's
   one-pass forms, Welford's update and float64 sums of ``x`` and ``x^2``, were measured
-  slower than the two passes on this CPU (their arithmetic, not memory, bounds them). So
+  slower than the two passes on this CPU (fewer passes, more arithmetic per element). So
   the compiled layer moves about 9/8 of torch's memory traffic. On top, a layer compiled
   alone pays a compiled module's fixed cost on every call: dynamo's guard checks and the
   wrappers of the compiled forward and backward, about 0.1 ms per forward+backward here
