@@ -42,11 +42,7 @@ from normlib.hessian import (
     top_eigenpairs,
 )
 
-# torch.func.hessian (the oracle) goes through a deprecated torch.jit.script internally.
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])  # None: cumulative average, counts batches

@@ -34,11 +34,7 @@ from normlib.hessian import (
     top_eigenpairs,
 )
 
-# torch.func.hessian (the oracle) goes through a deprecated torch.jit.script internally.
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_quadratic_hessian_is_its_matrix_and_gives_exact_spectral_quantities():

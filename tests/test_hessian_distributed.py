@@ -29,10 +29,7 @@ from torch import nn
 from normlib.distributed import run_local
 from normlib.hessian import HessianOperator, hessian_matrix
 
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RTOL = 1e-10
 

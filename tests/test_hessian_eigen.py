@@ -22,11 +22,7 @@ from normlib.hessian import (
     top_eigenpairs,
 )
 
-# torch.func.hessian (the oracle) goes through a deprecated torch.jit.script internally.
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("which", ["largest", "smallest", "magnitude"])

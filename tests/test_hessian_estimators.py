@@ -17,11 +17,7 @@ from normlib.hessian import (
     spectral_density,
 )
 
-# torch.func.hessian (the oracle) goes through a deprecated torch.jit.script internally.
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_hutchinson_trace_within_three_standard_errors_for_every_seed(bn_case):

@@ -24,11 +24,7 @@ from normlib.hessian import (
     hessian_matrix,
 )
 
-# torch.func.hessian (the oracle) goes through a deprecated torch.jit.script internally.
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_hessian_matrix_equals_torch_func_hessian_in_train_mode(bn_case):

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import os
 import platform
+import sys
 from pathlib import Path
 from queue import Empty
 
@@ -53,15 +53,9 @@ STAMPS = ROOT / "_build" / ".visible-cells"
 pytestmark = pytest.mark.visible_cells
 
 
-def _kernel_client_fix():
-    """The book's ``_ext/kernel_client.py``: kernel-client channels that poll in slices."""
-    spec = importlib.util.spec_from_file_location("kernel_client", ROOT / "_ext" / "kernel_client.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-KERNEL_CLIENT = _kernel_client_fix()
+# the book's _ext/kernel_client.py: kernel-client channels that poll in slices
+sys.path.insert(0, str(ROOT / "_ext"))
+import kernel_client as KERNEL_CLIENT  # noqa: E402, N812
 
 
 def visible_code_cells(notebook) -> list:

@@ -251,8 +251,6 @@ def test_centered_covariance_backward_equals_autograd_of_the_plain_operations(us
     assert torch.autograd.gradgradcheck(lambda z: loss(W._centered_covariance(z)), (x,))
 
 
-# torch.func's forward mode compiles a helper with torch.jit.script, which warns that it is deprecated
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_covariance_works_under_torch_func_transforms_as_the_plain_operations():
     """jacrev, jacfwd (forward mode), vmap and hessian through the centered covariance."""
     from torch.func import hessian, jacfwd, jacrev, vmap
